@@ -1,0 +1,24 @@
+"""Models: the ViTMoE backbone, heatmap/prototype heads and the PoseBH assembly."""
+
+from posebh.models.heads import HeatmapHead, PrototypeHead
+from posebh.models.posebh import (
+    NUM_HEADS_BY_WIDTH,
+    PRESETS,
+    PoseBH,
+    PoseBHConfig,
+    PoseBHOutput,
+    build_model,
+)
+from posebh.models.vit_moe import ViTMoE
+
+__all__ = [
+    "NUM_HEADS_BY_WIDTH",
+    "PRESETS",
+    "HeatmapHead",
+    "PoseBH",
+    "PoseBHConfig",
+    "PoseBHOutput",
+    "PrototypeHead",
+    "ViTMoE",
+    "build_model",
+]
