@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor, nn
@@ -21,6 +22,9 @@ from torch import Tensor, nn
 from posebh.models.heads import HeatmapHead, PrototypeHead
 from posebh.models.vit_moe import ViTMoE
 from posebh.prototypes import KeypointPrototypes
+
+if TYPE_CHECKING:
+    from posebh.cps import ClusterPrototypes
 
 # Training order and keypoint counts of the official release: coco, aic, mpii, ap10k,
 # apt36k, coco_wholebody (see posebh.skeletons).
@@ -135,7 +139,7 @@ class PoseBH(nn.Module):
         )
         self.proto_head: PrototypeHead | None = None
         self.keypoint_prototypes: KeypointPrototypes | None = None
-        self.cluster_prototypes: nn.Module | None = None
+        self.cluster_prototypes: ClusterPrototypes | None = None
         if cfg.proto_head:
             self.proto_head = PrototypeHead(
                 cfg.embed_dim,
@@ -152,7 +156,11 @@ class PoseBH(nn.Module):
                 from posebh.cps import ClusterPrototypes
 
                 self.cluster_prototypes = ClusterPrototypes(
-                    cfg.num_clusters, cfg.num_prototypes, cfg.proto_dim, cfg.proto_keypoints
+                    cfg.num_clusters,
+                    cfg.num_prototypes,
+                    cfg.proto_dim,
+                    cfg.proto_keypoints,
+                    compat=cfg.compat,
                 )
         self.reset_parameters()
 
