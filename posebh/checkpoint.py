@@ -52,6 +52,7 @@ __all__ = [
     "infer_arch",
     "infer_config",
     "is_official_split",
+    "is_posebh_naming",
     "load_official",
     "official_to_posebh",
     "read_state_dict",
@@ -243,7 +244,8 @@ def official_to_posebh(state_dict: Mapping[str, Tensor]) -> StateDict:
     return out
 
 
-def _is_posebh_naming(keys: Iterable[str]) -> bool:
+def is_posebh_naming(keys: Iterable[str]) -> bool:
+    """True when the keys use posebh naming (``heads.*`` or a moved prototype bank)."""
     return any(
         k.startswith("heads.") or k in (_POSEBH_KPT_PROTO, _POSEBH_CLUSTER_PROTO) for k in keys
     )
@@ -654,7 +656,7 @@ def load_official(
     if split_quirks not in ("ignore", "error"):
         raise ValueError(f"split_quirks must be 'ignore' or 'error', got {split_quirks!r}")
     sd = read_state_dict(path_or_state_dict)
-    if _is_posebh_naming(sd):  # a PoseBH.state_dict() saved by this package
+    if is_posebh_naming(sd):  # a PoseBH.state_dict() saved by this package
         sd = to_official(sd)
     if dataset is not None:
         sd = split_official(sd, dataset, keep_prototype_head=True)
@@ -841,7 +843,7 @@ def to_hf(
         sd = to_official(model_or_state_dict)
     else:
         sd = read_state_dict(model_or_state_dict)
-        if _is_posebh_naming(sd):
+        if is_posebh_naming(sd):
             sd = to_official(sd)
     out: StateDict = {}
     unknown = []
