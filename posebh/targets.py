@@ -1,28 +1,40 @@
-"""Heatmap targets (UDP Gaussian encoding) and small peak decoders, in torch.
+"""Heatmap targets (UDP Gaussian, MSRA, Megvii, CombinedTarget) and small peak decoders.
 
 Shape vocabulary: N instances, K keypoints, H×W heatmap (64×48 by default); coordinates are
 (x, y) in heatmap pixels, pixel centres on the integer grid (the UDP convention).
 
-What lives here is what training needs on the fly (the CSS pseudo labels): rendering a
-Gaussian target at a sub-pixel location and reading sub-pixel peaks back.  The full NumPy
+What lives here is what training needs: rendering a Gaussian target at a sub-pixel location
+(torch, used on the fly by the CSS pseudo labels) and reading sub-pixel peaks back, plus the
+NumPy ``TopDownGenerateTarget`` of the data pipeline (:func:`generate_target`, with
+:func:`msra_gaussian_heatmaps`, :func:`megvii_heatmaps` and :func:`udp_combined_target`). In
+those, joints are in *input-image* pixels (192×256 by default) and ``visible`` is the
+per-joint visibility; targets are ``[K, H, W]`` float32 and weights ``[K, 1]``. The full NumPy
 decoding reference (image-space transforms, flip averaging) is a separate module.
 """
 
 from __future__ import annotations
 
-from typing import Literal
+from collections.abc import Sequence
+from typing import Any, Literal
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
+from posebh.decode import (
+    _reflect101,
+    gaussian_kernel_1d,
+    get_max_preds,
+    post_dark_udp,
+    quarter_offset_refine,
+)
+
 __all__ = [
-    "cv2_gaussian_kernel",
-    "dark_udp_refine",
-    "gaussian_blur",
+    "generate_target",
     "heatmap_peaks",
-    "max_preds",
+    "megvii_heatmaps",
+    "msra_gaussian_heatmaps",
+    "udp_combined_target",
     "udp_gaussian_heatmaps",
 ]
 
@@ -94,98 +106,6 @@ def udp_gaussian_heatmaps(
     return heatmaps, w[..., None]
 
 
-def max_preds(heatmaps: Tensor) -> tuple[Tensor, Tensor]:
-    """Integer argmax: xy [N, K, 2] float32 and maxval [N, K] of heatmaps [N, K, H, W].
-
-    The first maximum in row-major order wins (as NumPy's argmax); maps whose maximum is
-    not positive give (−1, −1), as the official ``_get_max_preds``.
-    """
-    n, k, _, w = heatmaps.shape
-    maxval, idx = heatmaps.reshape(n, k, -1).max(dim=-1)
-    xy = torch.stack([idx % w, idx // w], dim=-1).to(torch.float32)
-    xy = torch.where(maxval[..., None] > 0, xy, torch.full_like(xy, -1.0))
-    return xy, maxval
-
-
-# cv2.getGaussianKernel's fixed tables, used when sigma ≤ 0 and ksize ≤ 7 is odd.
-_CV2_SMALL_KERNELS = {
-    1: [1.0],
-    3: [0.25, 0.5, 0.25],
-    5: [0.0625, 0.25, 0.375, 0.25, 0.0625],
-    7: [0.03125, 0.109375, 0.21875, 0.28125, 0.21875, 0.109375, 0.03125],
-}
-
-
-def cv2_gaussian_kernel(ksize: int) -> Tensor:
-    """The 1-D kernel [ksize] float64 of ``cv2.GaussianBlur(x, (ksize, ksize), 0)``.
-
-    With sigma 0, OpenCV takes σ = 0.3·((ksize − 1)/2 − 1) + 0.8 (σ = 2 for ksize 11), except
-    for odd ksize ≤ 7, where it uses fixed binomial-like tables.
-    """
-    if ksize % 2 != 1 or ksize < 1:
-        raise ValueError(f"kernel size must be odd and positive, got {ksize}")
-    if ksize in _CV2_SMALL_KERNELS:
-        return torch.tensor(_CV2_SMALL_KERNELS[ksize], dtype=torch.float64)
-    sigma = 0.3 * ((ksize - 1) * 0.5 - 1) + 0.8
-    x = torch.arange(ksize, dtype=torch.float64) - (ksize - 1) / 2
-    g = torch.exp(-(x * x) / (2 * sigma * sigma))
-    return g / g.sum()
-
-
-def gaussian_blur(heatmaps: Tensor, ksize: int = 11) -> Tensor:
-    """``cv2.GaussianBlur(hm, (ksize, ksize), 0)`` on every map of heatmaps [N, K, H, W].
-
-    Border: OpenCV's default BORDER_REFLECT_101, which is torch's ``reflect`` padding.
-    """
-    n, k, h, w = heatmaps.shape
-    g = cv2_gaussian_kernel(ksize).to(heatmaps)
-    r = ksize // 2
-    x = heatmaps.reshape(n * k, 1, h, w)
-    x = F.pad(x, (r, r, r, r), mode="reflect")
-    x = F.conv2d(x, g.view(1, 1, 1, ksize))
-    x = F.conv2d(x, g.view(1, 1, ksize, 1))
-    return x.reshape(n, k, h, w)
-
-
-def dark_udp_refine(xy: Tensor, heatmaps: Tensor, ksize: int = 11) -> Tensor:
-    """DARK refinement as the official ``post_dark_udp``: xy [N, K, 2] → refined [N, K, 2].
-
-    heatmaps [N, K, H, W] are blurred (``gaussian_blur``), clipped to [0.001, 50] and
-    log-transformed; one Newton step xy − (∇²L + εI)⁻¹∇L uses central differences at the
-    integer peak, with edge-replicated borders, and ε = float32 eps.  The 2×2 solve runs in
-    float64, as NumPy promotes it there.  Entries at (−1, −1) (non-positive maps) are left
-    unchanged; the reference reads unrelated memory for them.
-    """
-    n, k, h, w = heatmaps.shape
-    logm = gaussian_blur(heatmaps.detach(), ksize).clamp(0.001, 50.0).log()
-    pad = F.pad(logm.reshape(n * k, 1, h, w), (1, 1, 1, 1), mode="replicate")
-    pad = pad.reshape(n, k, h + 2, w + 2)
-    valid = (xy >= 0).all(dim=-1)
-    px = xy[..., 0].clamp(0, w - 1).long() + 1
-    py = xy[..., 1].clamp(0, h - 1).long() + 1
-    flat = pad.reshape(n, k, -1)
-
-    def at(dx: int, dy: int) -> Tensor:
-        return flat.gather(-1, ((py + dy) * (w + 2) + px + dx)[..., None])[..., 0]
-
-    c = at(0, 0)
-    xp, xm, yp, ym = at(1, 0), at(-1, 0), at(0, 1), at(0, -1)
-    dx = 0.5 * (xp - xm)
-    dy = 0.5 * (yp - ym)
-    dxx = xp - 2 * c + xm
-    dyy = yp - 2 * c + ym
-    dxy = 0.5 * (at(1, 1) - xp - yp + 2 * c - xm - ym + at(-1, -1))
-    eps = float(np.finfo(np.float32).eps)
-    a, b, d = dxx.double() + eps, dxy.double(), dyy.double() + eps
-    det = a * d - b * b
-    # inverse of [[a, b], [b, d]] applied to the gradient
-    ox = (d * dx.double() - b * dy.double()) / det
-    oy = (a * dy.double() - b * dx.double()) / det
-    offset = torch.stack([ox, oy], dim=-1)
-    refined = (xy.double() - offset).to(xy.dtype)
-    return torch.where(valid[..., None], refined, xy)
-
-
 def heatmap_peaks(
     heatmaps: Tensor,
     refine: Literal["quarter", "dark_udp", "none"] = "quarter",
@@ -199,26 +119,267 @@ def heatmap_peaks(
         1 < y < H−1;
       * ``"dark_udp"``: ``_get_max_preds`` + ``post_dark_udp(kernel=ksize)``, which is what
         the official CSS (``KptProtoHead.get_css_preds``) decodes with;
-      * ``"none"``: the integer argmax.
+      * ``"none"``: the integer argmax (maps whose maximum is not positive give (−1, −1)).
 
-    No gradient flows through the result (decoding is a label-making step).
+    A thin wrapper over the decoding reference (:mod:`posebh.decode`), which is bit-exact with
+    the official NumPy/OpenCV code; results come back on the input's device.  No gradient
+    flows through them (decoding is a label-making step).
     """
-    heatmaps = heatmaps.detach()
-    xy, maxval = max_preds(heatmaps)
-    if refine == "none":
-        return xy, maxval
-    if refine == "dark_udp":
-        return dark_udp_refine(xy, heatmaps, ksize), maxval
-    if refine != "quarter":
+    if refine not in ("quarter", "dark_udp", "none"):
         raise ValueError(f"refine must be 'quarter', 'dark_udp' or 'none', got {refine!r}")
-    n, k, h, w = heatmaps.shape
-    px, py = xy[..., 0].long(), xy[..., 1].long()
-    inner = (px > 1) & (px < w - 1) & (py > 1) & (py < h - 1)
-    flat = heatmaps.reshape(n, k, -1)
+    heatmaps = heatmaps.detach()
+    xy, maxval = get_max_preds(heatmaps)
+    if refine == "dark_udp":
+        xy = post_dark_udp(xy, heatmaps, kernel=ksize)
+    elif refine == "quarter":
+        xy = quarter_offset_refine(heatmaps, xy)
+    return xy.to(torch.float32), maxval[..., 0].to(heatmaps.dtype)
 
-    def at(x: Tensor, y: Tensor) -> Tensor:
-        idx = (y.clamp(0, h - 1) * w + x.clamp(0, w - 1))[..., None]
-        return flat.gather(-1, idx)[..., 0]
 
-    diff = torch.stack([at(px + 1, py) - at(px - 1, py), at(px, py + 1) - at(px, py - 1)], -1)
-    return xy + torch.sign(diff) * 0.25 * inner[..., None], maxval
+# ---------------------------------------------------------------------------------------------
+# TopDownGenerateTarget (NumPy): MSRA, Megvii, UDP Gaussian / CombinedTarget, padding
+# ---------------------------------------------------------------------------------------------
+
+
+def _joints_and_visibility(joints: Any, visible: Any) -> tuple[np.ndarray, np.ndarray]:
+    """(xy [..., K, 2] in the joints' float dtype, visibility [..., K] float32).
+
+    joints: [K, 2|3] or [N, K, 2|3]; visible: the same leading shape, either [..., K] or the
+    mmpose layout [..., K, 3] whose column 0 is used.
+    """
+    j = np.asarray(joints)
+    if j.ndim not in (2, 3) or j.shape[-1] not in (2, 3):
+        raise ValueError(f"joints must be [K, 2|3] or [N, K, 2|3], got {j.shape}")
+    xy = j[..., :2]
+    if not np.issubdtype(xy.dtype, np.floating):
+        xy = xy.astype(np.float32)
+    v = np.asarray(visible, dtype=np.float32)
+    if v.ndim == j.ndim:
+        v = v[..., 0]
+    if v.shape != j.shape[:-1]:
+        raise ValueError(f"visible must be {j.shape[:-1]} or {(*j.shape[:-1], 3)}, got {v.shape}")
+    return xy, v
+
+
+def msra_gaussian_heatmaps(
+    joints: Any,
+    visible: Any,
+    heatmap_size: Sequence[int] = (48, 64),
+    image_size: Sequence[int] = (192, 256),
+    sigma: float = 2.0,
+    unbiased: bool = False,
+) -> tuple[np.ndarray, np.ndarray]:
+    """The official ``_msra_generate_target``: target [..., K, H, W], weight [..., K, 1] float32.
+
+    joints: [K, 2|3] or [N, K, 2|3] in input-image pixels; visible: [..., K] or [..., K, 3]
+    (column 0); sizes are (w, h). The heatmap position is joints / (image_size / heatmap_size).
+
+    ``unbiased=False`` (the MSRA default): the Gaussian is centred on the **rounded** position
+    m = int(μ + 0.5) and drawn on the window [m − 3σ, m + 3σ] — ``int`` truncates towards zero,
+    so μ = −0.7 rounds to 0, not −1. A joint whose window misses the map (ul ≥ size or
+    br < 0, with ul = int(m − 3σ) and br = int(m + 3σ + 1)) gets weight 0. The test is
+    ``br < 0``, **not** ``br ≤ 0``: a window ending just left of / above the map keeps weight 1
+    with an all-zero map (the official quirk; the golden ``msra`` case, joint 1 at x = −30).
+
+    ``unbiased=True`` (DARK): the Gaussian is centred at the exact sub-pixel μ over the whole
+    map, with the same window test on the unrounded bounds. The exponent is evaluated in
+    float32 as the official NumPy 1.x code does (μ rounded to float32 first).
+
+    The weight is the visibility (zeroed for joints off the map); the map is drawn only where
+    that weight exceeds 0.5.
+    """
+    xy, v = _joints_and_visibility(joints, visible)
+    w_hm, h_hm = int(heatmap_size[0]), int(heatmap_size[1])
+    stride = np.asarray(image_size, dtype=np.float64) / np.array([w_hm, h_hm], dtype=np.float64)
+    mu = xy.astype(np.float64) / stride  # [..., K, 2] heatmap pixels
+    tmp = float(sigma) * 3.0
+    limits = np.array([w_hm, h_hm], dtype=np.float64)
+    denom = np.float32(2.0 * float(sigma) ** 2)
+    grid_x = np.arange(w_hm, dtype=np.float32)
+    grid_y = np.arange(h_hm, dtype=np.float32)
+
+    if unbiased:
+        outside = ((mu - tmp >= limits) | (mu + tmp + 1 < 0)).any(axis=-1)
+        weight = np.where(outside, np.float32(0.0), v).astype(np.float32)
+        mu32 = mu.astype(np.float32)
+        dx = (grid_x - mu32[..., 0:1]) ** 2  # [..., K, W] float32
+        dy = (grid_y - mu32[..., 1:2]) ** 2  # [..., K, H]
+    else:
+        m = np.trunc(mu + 0.5)
+        ul = np.trunc(m - tmp)
+        br = np.trunc(m + tmp + 1)
+        outside = ((ul >= limits) | (br < 0)).any(axis=-1)
+        weight = np.where(outside, np.float32(0.0), v).astype(np.float32)
+        size = 2.0 * tmp + 1.0
+        centre = size // 2  # the peak's index inside the official window array
+        n_window = int(np.ceil(size))  # len(np.arange(0, size))
+
+        def offsets(grid: np.ndarray, axis: int) -> tuple[np.ndarray, np.ndarray]:
+            lo, hi = ul[..., axis : axis + 1], br[..., axis : axis + 1]
+            i = grid.astype(np.float64) - lo  # index into the window
+            inside = (grid >= lo) & (grid < hi) & (i < n_window)
+            return ((i - centre).astype(np.float32)) ** 2, inside
+
+        dx, in_x = offsets(grid_x, 0)
+        dy, in_y = offsets(grid_y, 1)
+    target = np.exp(-(dy[..., :, None] + dx[..., None, :]) / denom).astype(np.float32)
+    if not unbiased:
+        target *= in_y[..., :, None] & in_x[..., None, :]
+    target *= (weight > 0.5)[..., None, None]
+    return target, weight[..., None]
+
+
+def _blurred_delta_profile(t: int, n: int, kernel: np.ndarray) -> np.ndarray:
+    """1-D ``GaussianBlur`` of a unit impulse at t on n samples (reflect-101 border), float32."""
+    r = len(kernel) // 2
+    pos = np.arange(n)[:, None] + np.arange(-r, r + 1)[None, :]  # [n, k] source indices
+    hits = _reflect101(pos, n) == t
+    return np.where(hits, kernel[None, :], np.float32(0.0)).sum(axis=1, dtype=np.float32)
+
+
+def megvii_heatmaps(
+    joints: Any,
+    visible: Any,
+    heatmap_size: Sequence[int] = (48, 64),
+    image_size: Sequence[int] = (192, 256),
+    kernel: Sequence[int] = (11, 11),
+) -> tuple[np.ndarray, np.ndarray]:
+    """The official ``_megvii_generate_target``: target [K, H, W], weight [K, 1] float32.
+
+    joints [K, 2|3] in input pixels, visible [K] or [K, 3]. A joint with visibility < 1 keeps
+    that visibility as its weight and gets no map; otherwise the integer heatmap pixel
+    (int(x·W / w), int(y·H / h)) — truncated towards zero — must lie on the map (else weight
+    0); the map is ``cv2.GaussianBlur`` (``kernel``, σ from the kernel size, reflect-101
+    border) of a unit impulse there, rescaled so that the impulse pixel is 255.
+    """
+    xy, v = _joints_and_visibility(joints, visible)
+    if xy.ndim != 2:
+        raise ValueError("megvii_heatmaps takes one instance: joints [K, 2|3]")
+    w_hm, h_hm = int(heatmap_size[0]), int(heatmap_size[1])
+    kx = gaussian_kernel_1d(int(kernel[0]))
+    ky = gaussian_kernel_1d(int(kernel[1]))
+    k = len(xy)
+    target = np.zeros((k, h_hm, w_hm), dtype=np.float32)
+    weight = v.astype(np.float32).copy()
+    for j in range(k):
+        if weight[j] < 1:
+            continue
+        tx = int(float(xy[j, 0]) * w_hm / float(image_size[0]))
+        ty = int(float(xy[j, 1]) * h_hm / float(image_size[1]))
+        if not (0 <= tx < w_hm and 0 <= ty < h_hm):
+            weight[j] = 0.0
+            continue
+        px = _blurred_delta_profile(tx, w_hm, kx)
+        py = _blurred_delta_profile(ty, h_hm, ky)
+        hm = py[:, None] * px[None, :]
+        target[j] = hm / np.float32(hm[ty, tx] / np.float32(255.0))
+    return target, weight[:, None]
+
+
+def udp_combined_target(
+    joints: Any,
+    visible: Any,
+    heatmap_size: Sequence[int] = (48, 64),
+    image_size: Sequence[int] = (192, 256),
+    valid_radius_factor: float = 0.0546875,
+) -> tuple[np.ndarray, np.ndarray]:
+    """The official UDP ``CombinedTarget``: target [3K, H, W], weight [K, 1] float32.
+
+    For joint k (position μ = joints / ((image_size − 1) / (heatmap_size − 1)) in heatmap
+    pixels) and the radius R = valid_radius_factor · H: channel 3k is 1 on the disc
+    ‖μ − p‖ ≤ R, channels 3k+1 and 3k+2 hold the offsets (μ − p)/R there (x then y). Only
+    joints with visibility > 0.5 are drawn; the weight is the visibility, unchanged (no
+    off-map test, unlike the Gaussian targets).
+    """
+    xy, v = _joints_and_visibility(joints, visible)
+    if xy.ndim != 2:
+        raise ValueError("udp_combined_target takes one instance: joints [K, 2|3]")
+    w_hm, h_hm = int(heatmap_size[0]), int(heatmap_size[1])
+    stride = (np.asarray(image_size, dtype=np.float64) - 1.0) / (np.array([w_hm, h_hm]) - 1.0)
+    radius = float(valid_radius_factor) * h_hm
+    mu = xy.astype(np.float64) / stride  # [K, 2]
+    off_x = (mu[:, 0, None, None] - np.arange(w_hm)[None, None, :]) / radius  # [K, 1, W]
+    off_y = (mu[:, 1, None, None] - np.arange(h_hm)[None, :, None]) / radius  # [K, H, 1]
+    off_x, off_y = np.broadcast_arrays(off_x, off_y)
+    keep = (off_x**2 + off_y**2 <= 1) & (v > 0.5)[:, None, None]
+    target = np.stack([keep, off_x * keep, off_y * keep], axis=1).astype(np.float32)
+    return target.reshape(3 * len(xy), h_hm, w_hm), v.astype(np.float32)[:, None]
+
+
+def generate_target(
+    joints: Any,
+    joints_visible: Any,
+    *,
+    encoding: Literal["MSRA", "UDP", "Megvii"] = "MSRA",
+    sigma: float = 2.0,
+    image_size: Sequence[int] = (192, 256),
+    heatmap_size: Sequence[int] = (48, 64),
+    unbiased_encoding: bool = False,
+    target_type: Literal["GaussianHeatmap", "CombinedTarget"] = "GaussianHeatmap",
+    kernel: Sequence[int] = (11, 11),
+    valid_radius_factor: float = 0.0546875,
+    joint_weights: Sequence[float] | None = None,
+    use_different_joint_weights: bool = False,
+    max_num_joints: int | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """The official ``TopDownGenerateTarget.__call__`` for one instance.
+
+    joints [K, 3] (x, y, 0) in input-image pixels, joints_visible [K, 3] (or [K]); sizes
+    (w, h). Returns target [C, H, W] float32 and target_weight [K', 1] float32, where C = K
+    (3K for ``CombinedTarget``) and K' = K.
+
+    * ``encoding="MSRA"``: :func:`msra_gaussian_heatmaps` (``unbiased_encoding`` = DARK);
+    * ``encoding="UDP"``: ``GaussianHeatmap`` via :func:`udp_gaussian_heatmaps` (positions
+      joints / ((image_size − 1)/(heatmap_size − 1))) or :func:`udp_combined_target`;
+    * ``encoding="Megvii"``: :func:`megvii_heatmaps` (no joint weights, as the official code);
+    * ``use_different_joint_weights`` multiplies the weights by ``joint_weights`` [K]
+      (MSRA and UDP only, as the official code);
+    * ``max_num_joints`` (the PoseBH multi-dataset padding): zero channels are appended to
+      the target and zero rows to the weight up to ``max_num_joints`` — ``max_num_joints − K``
+      of each, also for ``CombinedTarget`` (as the official code).
+
+    The official weight is float64 after the joint-weight product; it is float32 here.
+    """
+    xy, v = _joints_and_visibility(joints, joints_visible)
+    if xy.ndim != 2:
+        raise ValueError("generate_target takes one instance: joints [K, 3]")
+    k = len(xy)
+    if encoding == "MSRA":
+        target, weight = msra_gaussian_heatmaps(
+            xy, v, heatmap_size, image_size, sigma, unbiased=unbiased_encoding
+        )
+    elif encoding == "Megvii":
+        target, weight = megvii_heatmaps(xy, v, heatmap_size, image_size, kernel)
+    elif encoding == "UDP":
+        kind = target_type.lower()
+        if kind == "gaussianheatmap":
+            size = np.asarray(heatmap_size, dtype=np.float64)
+            stride = (np.asarray(image_size, dtype=np.float64) - 1.0) / (size - 1.0)
+            kp = torch.from_numpy(xy.astype(np.float64) / stride)[None]
+            hm, w = udp_gaussian_heatmaps(
+                kp, torch.from_numpy(v)[None], (int(heatmap_size[0]), int(heatmap_size[1])), sigma
+            )
+            target, weight = hm[0].numpy(), w[0].numpy()
+        elif kind == "combinedtarget":
+            target, weight = udp_combined_target(
+                xy, v, heatmap_size, image_size, valid_radius_factor
+            )
+        else:
+            raise ValueError(
+                f"target_type must be 'GaussianHeatmap' or 'CombinedTarget', got {target_type!r}"
+            )
+    else:
+        raise ValueError(f"encoding must be 'MSRA', 'UDP' or 'Megvii', got {encoding!r}")
+
+    if use_different_joint_weights and encoding != "Megvii":
+        if joint_weights is None or len(joint_weights) != k:
+            raise ValueError(f"use_different_joint_weights needs {k} joint_weights")
+        jw = np.asarray(joint_weights, dtype=np.float64)[:, None]
+        weight = (weight.astype(np.float64) * jw).astype(np.float32)
+    if max_num_joints is not None:
+        pad = int(max_num_joints) - k
+        if pad < 0:
+            raise ValueError(f"max_num_joints={max_num_joints} is below the {k} joints")
+        target = np.concatenate([target, np.zeros((pad, *target.shape[1:]), np.float32)])
+        weight = np.concatenate([weight, np.zeros((pad, 1), np.float32)])
+    return target.astype(np.float32, copy=False), weight.astype(np.float32, copy=False)

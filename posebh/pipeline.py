@@ -1,0 +1,460 @@
+"""The top-down training / evaluation data pipeline: one :class:`Instance` → one network sample.
+
+Shape vocabulary: an input crop is ``img`` [3, h, w] float32 (normalised RGB, h×w = 256×192),
+``target`` [K, H, W] float32 heatmaps (H×W = 64×48) and ``target_weight`` [K, 1] float32, with
+K the dataset's keypoint count (or ``max_num_joints`` after padding); a batch adds a leading N.
+``center`` [2] is in pixels, ``scale`` [2] in units of 200 px, ``rotation`` in degrees; sizes
+are (w, h) as in the configs.
+
+The steps and their order are the official mmpose 0.x ones of the PoseBH multi-dataset config
+(``mdt/vitb_posebh.py``)::
+
+    LoadImageFromFile → [centre jitter] → TopDownRandomFlip → TopDownHalfBodyTransform →
+    TopDownGetRandomScaleRotation → TopDownAffine → ToTensor → NormalizeTensor →
+    TopDownGenerateTarget
+
+(evaluation: LoadImageFromFile → TopDownAffine → ToTensor → NormalizeTensor). The centre jitter
+is the training-time part of the official ``_xywh2cs`` (p = 0.3, ±0.2·(w, h) of the box); the
+official loaders apply it once, when the annotation database is built, so by default it is drawn
+here from (seed, index) only and stays fixed across epochs.
+
+Randomness: every sample draws from its own ``numpy.random.Generator`` seeded from
+(seed, epoch, index) — never the global RNG — so a sample is reproducible whatever the
+DataLoader worker layout. Call :meth:`TopDownDataset.set_epoch` before each epoch (with
+non-persistent workers, which receive a fresh copy of the dataset every epoch).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from PIL import Image, ImageOps
+from torch import Tensor
+from torch.utils.data import Dataset
+
+from posebh.datasets import Instance
+from posebh.skeletons import Skeleton, get_skeleton
+from posebh.targets import generate_target
+from posebh.transforms import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    flip_image,
+    fliplr_joints,
+    half_body_center_scale,
+    normalize_image,
+    random_scale_rotation,
+    top_down_affine,
+)
+
+__all__ = [
+    "ImageLoadError",
+    "TopDownDataset",
+    "TopDownPipeline",
+    "load_image",
+    "multi_dataset_collate",
+    "per_dataset_pipeline",
+]
+
+#: The channel count of the multi-dataset model's padded targets (COCO-WholeBody's 133).
+MAX_NUM_JOINTS = 133
+
+
+class ImageLoadError(OSError):
+    """An image could not be read; the message names the file and the instance."""
+
+
+@dataclass(frozen=True)
+class TopDownPipeline:
+    """Settings of the top-down pipeline (the official config values are the defaults).
+
+    * ``use_udp``: the affine crop — UDP (``get_warp_matrix``) or plain
+      (``get_affine_transform``); ``encoding``: the target — ``"UDP"`` Gaussian, ``"MSRA"``
+      Gaussian (``unbiased_encoding`` = DARK) or ``"Megvii"``; ``sigma`` in heatmap pixels.
+    * ``train``: apply the random augmentations (flip with ``flip_prob``; half-body with
+      ``prob_half_body`` when more than ``num_joints_half_body`` joints are visible; scale
+      ×clip(1 + ``scale_factor``·N, 1 ± ``scale_factor``); rotation clip(``rot_factor``·N,
+      ±2·``rot_factor``) with probability ``rot_prob``; centre jitter with
+      ``center_jitter_prob`` by ``center_jitter_factor``·(U − 0.5)·(box w, h)).
+    * ``with_target``: render targets (``None`` = when training, as the official pipelines).
+    * ``max_num_joints``: pad targets and weights to this many channels (PoseBH: 133).
+    * ``warp_method``: the OpenCV arithmetic to reproduce (see ``transforms.warp_affine``).
+    """
+
+    image_size: tuple[int, int] = (192, 256)
+    heatmap_size: tuple[int, int] = (48, 64)
+    use_udp: bool = True
+    encoding: Literal["UDP", "MSRA", "Megvii"] = "UDP"
+    sigma: float = 2.0
+    unbiased_encoding: bool = False
+    use_different_joint_weights: bool = False
+    train: bool = True
+    flip_prob: float = 0.5
+    half_body: bool = True
+    num_joints_half_body: int = 8
+    prob_half_body: float = 0.3
+    half_body_padding: float = 1.5
+    rot_factor: float = 40.0
+    scale_factor: float = 0.5
+    rot_prob: float = 0.6
+    center_jitter_prob: float = 0.3
+    center_jitter_factor: float = 0.4
+    center_jitter_per_epoch: bool = False
+    with_target: bool | None = None
+    max_num_joints: int | None = None
+    mean: tuple[float, float, float] = IMAGENET_MEAN
+    std: tuple[float, float, float] = IMAGENET_STD
+    warp_method: Literal["fixed", "float"] = "fixed"
+
+    def __post_init__(self) -> None:
+        if self.encoding not in ("UDP", "MSRA", "Megvii"):
+            raise ValueError(f"encoding must be 'UDP', 'MSRA' or 'Megvii', got {self.encoding!r}")
+        for name in ("flip_prob", "prob_half_body", "rot_prob", "center_jitter_prob"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ValueError(f"{name} must be in [0, 1], got {getattr(self, name)}")
+        if len(self.image_size) != 2 or len(self.heatmap_size) != 2:
+            raise ValueError("image_size and heatmap_size are (w, h) pairs")
+
+    @property
+    def targets(self) -> bool:
+        """Whether samples carry ``target`` / ``target_weight``."""
+        return self.train if self.with_target is None else self.with_target
+
+    def evaluation(self) -> TopDownPipeline:
+        """The same crop settings with augmentation and targets off (``train=False``)."""
+        return replace(self, train=False, with_target=None)
+
+
+# The official choice per dataset (PROTOCOL.md §6 and mdt/vitb_posebh.py): the affine, the
+# target encoding, whether half-body augmentation runs and whether the loader jitters centres.
+_TRAIN_SETTINGS: dict[str, dict[str, Any]] = {
+    # train_pipeline: UDP affine + UDP target; TopDownCocoDataset._xywh2cs jitters.
+    "coco": dict(use_udp=True, encoding="UDP", half_body=True, center_jitter_prob=0.3),
+    # mpii_train_pipeline has no TopDownHalfBodyTransform; the MPII loader takes the centre and
+    # scale from the JSON (no jitter).
+    "mpii": dict(use_udp=True, encoding="UDP", half_body=False, center_jitter_prob=0.0),
+    "aic": dict(use_udp=False, encoding="MSRA", half_body=True, center_jitter_prob=0.3),
+    "ap10k": dict(use_udp=False, encoding="MSRA", half_body=True, center_jitter_prob=0.3),
+    "apt36k": dict(use_udp=False, encoding="MSRA", half_body=True, center_jitter_prob=0.3),
+    "coco_wholebody": dict(use_udp=False, encoding="MSRA", half_body=True, center_jitter_prob=0.3),
+}
+# Evaluation crops (PROTOCOL.md §6 "val affine"); "mdt_val" is the multi-dataset config's own
+# val/test pipeline (COCO, UDP).
+_EVAL_UDP: dict[str, bool] = {
+    "coco": True,
+    "mpii": True,
+    "mdt_val": True,
+    "aic": False,
+    "ap10k": False,
+    "apt36k": False,
+    "coco_wholebody": False,
+    "ochuman": False,
+    "interhand2d": False,
+    "pw3d": False,
+}
+
+
+def per_dataset_pipeline(
+    name: str, train: bool = True, max_num_joints: int | None = MAX_NUM_JOINTS, **overrides: Any
+) -> TopDownPipeline:
+    """The official pipeline settings for dataset ``name`` (a skeleton name or ``"mdt_val"``).
+
+    Training (the six PoseBH training sets): COCO and MPII use the UDP affine and the UDP
+    Gaussian target, AIC / AP-10K / APT-36K / COCO-WholeBody the plain affine and the MSRA
+    target (σ 2); MPII has no half-body step and no centre jitter; targets are padded to
+    ``max_num_joints`` (133, the multi-dataset setting; ``None`` for none). Evaluation: the
+    UDP crop for COCO, MPII and ``"mdt_val"``, the plain crop for every other dataset.
+    ``overrides`` replace any field.
+    """
+    if train:
+        if name not in _TRAIN_SETTINGS:
+            raise ValueError(
+                f"no official training pipeline for {name!r}; training datasets: "
+                f"{', '.join(_TRAIN_SETTINGS)}"
+            )
+        cfg = TopDownPipeline(train=True, max_num_joints=max_num_joints, **_TRAIN_SETTINGS[name])
+    else:
+        if name not in _EVAL_UDP:
+            raise ValueError(f"unknown dataset {name!r}; known: {', '.join(_EVAL_UDP)}")
+        use_udp = _EVAL_UDP[name]
+        cfg = TopDownPipeline(
+            train=False,
+            use_udp=use_udp,
+            encoding="UDP" if use_udp else "MSRA",
+            max_num_joints=max_num_joints,
+        )
+    return replace(cfg, **overrides) if overrides else cfg
+
+
+def load_image(path: str | os.PathLike[str]) -> np.ndarray:
+    """Read an image file as RGB uint8 [H, W, 3] with Pillow.
+
+    The EXIF orientation is applied (as ``cv2.imread(..., IMREAD_COLOR)``, which mmcv's
+    ``LoadImageFromFile`` uses); grey and palette images are expanded to three channels.
+    """
+    with Image.open(path) as im:
+        im = ImageOps.exif_transpose(im)
+        return np.asarray(im.convert("RGB"))
+
+
+def _seed_rng(*key: int) -> np.random.Generator:
+    return np.random.default_rng(np.random.SeedSequence([int(k) for k in key]))
+
+
+@dataclass
+class _Sample:
+    """The state threaded through the steps (mmpose's ``results`` dict)."""
+
+    image: np.ndarray
+    joints: np.ndarray  # [K, 3] float32
+    visible: np.ndarray  # [K, 3] float32
+    center: np.ndarray  # [2] float32
+    scale: np.ndarray  # [2] float32
+    rotation: float = 0.0
+    flipped: bool = False
+    half_body: bool = False
+    extras: dict[str, Any] = field(default_factory=dict)
+
+
+class TopDownDataset(Dataset):
+    """``torch`` dataset of top-down samples from a list of :class:`Instance`.
+
+    ``skeleton`` gives the flip indices, the upper-body joints and the joint weights;
+    ``dataset_idx`` the expert / head index of the multi-dataset model (default: the
+    skeleton's ``dataset_index``, else 0). Instances' ``image_file`` is read as is, or under
+    ``image_root`` when relative. ``seed`` and the epoch (:meth:`set_epoch`) fix every random
+    draw.
+
+    An item is a dict: ``img`` [3, h, w] float32; when the pipeline renders targets,
+    ``target`` [K, H, W] and ``target_weight`` [K, 1] float32 (K = ``max_num_joints`` if set);
+    ``dataset_idx`` int; ``meta``: ``image_file``, ``image_id``, ``ann_id``, ``dataset``,
+    ``index``, ``center`` / ``scale`` (after augmentation, the crop's), ``rotation``,
+    ``flipped``, ``half_body``, ``bbox_score``, ``bbox``, ``category_id``, ``num_joints``,
+    ``flip_indices``, ``joints_3d`` / ``joints_3d_visible`` (in crop pixels), ``use_udp``.
+    """
+
+    def __init__(
+        self,
+        instances: Sequence[Instance],
+        skeleton: Skeleton | str,
+        pipeline: TopDownPipeline,
+        dataset_idx: int | None = None,
+        *,
+        seed: int = 0,
+        image_root: str | os.PathLike[str] | None = None,
+    ) -> None:
+        self.instances = list(instances)
+        self.skeleton = get_skeleton(skeleton) if isinstance(skeleton, str) else skeleton
+        self.pipeline = pipeline
+        if dataset_idx is None:
+            dataset_idx = self.skeleton.dataset_index or 0
+        self.dataset_idx = int(dataset_idx)
+        self.seed = int(seed)
+        self.epoch = 0
+        self.image_root = Path(image_root) if image_root is not None else None
+        k = len(self.skeleton.keypoint_names)
+        for i, inst in enumerate(self.instances):
+            if inst.num_keypoints != k:
+                raise ValueError(
+                    f"instance {i} ({inst.dataset}, image {inst.image_file}) has "
+                    f"{inst.num_keypoints} keypoints; skeleton {self.skeleton.name!r} has {k}"
+                )
+        if pipeline.max_num_joints is not None and pipeline.max_num_joints < k:
+            raise ValueError(f"max_num_joints={pipeline.max_num_joints} < {k} keypoints")
+
+    def __len__(self) -> int:
+        return len(self.instances)
+
+    def set_epoch(self, epoch: int) -> None:
+        """Select the augmentation draws of ``epoch``."""
+        self.epoch = int(epoch)
+
+    def image_path(self, inst: Instance) -> Path:
+        """Where the instance's image is read from."""
+        p = Path(inst.image_file)
+        if self.image_root is not None and not p.is_absolute():
+            p = self.image_root / p
+        return p
+
+    def _load(self, index: int, inst: Instance) -> np.ndarray:
+        path = self.image_path(inst)
+        try:
+            return load_image(path)
+        except (OSError, ValueError, Image.DecompressionBombError) as e:
+            what = "detection box" if inst.ann_id is None else f"annotation id {inst.ann_id}"
+            raise ImageLoadError(
+                f"cannot load image {path} for instance {index} ({inst.dataset}, image_id="
+                f"{inst.image_id!r}, {what}): {type(e).__name__}: {e}"
+            ) from e
+
+    def _initial(self, image: np.ndarray, inst: Instance) -> _Sample:
+        k = inst.num_keypoints
+        joints = np.zeros((k, 3), dtype=np.float32)
+        joints[:, :2] = inst.keypoints[:, :2]
+        visible = np.zeros((k, 3), dtype=np.float32)
+        visible[:, :2] = np.minimum(1.0, inst.keypoints[:, 2:3])
+        return _Sample(
+            image=image,
+            joints=joints,
+            visible=visible,
+            center=np.array(inst.center, dtype=np.float32),
+            scale=np.array(inst.scale, dtype=np.float32),
+        )
+
+    def augment(self, s: _Sample, inst: Instance, index: int) -> _Sample:
+        """The random steps (training only), drawing from (seed, epoch, index)."""
+        p = self.pipeline
+        jitter_key = (
+            (self.seed, 1, self.epoch, index)
+            if p.center_jitter_per_epoch
+            else (
+                self.seed,
+                1,
+                index,
+            )
+        )
+        jitter_rng = _seed_rng(*jitter_key)
+        if p.center_jitter_prob > 0 and jitter_rng.random() < p.center_jitter_prob:
+            wh = np.array(inst.bbox[2:4], dtype=np.float64)
+            shift = p.center_jitter_factor * (jitter_rng.random(2) - 0.5) * wh
+            s.center = (s.center + shift).astype(np.float32)
+
+        rng = _seed_rng(self.seed, 0, self.epoch, index)
+        if rng.random() <= p.flip_prob:
+            width = s.image.shape[1]
+            s.image = flip_image(s.image)
+            s.joints, s.visible = fliplr_joints(
+                s.joints, s.visible, width, self.skeleton.flip_indices
+            )
+            s.center = s.center.copy()
+            s.center[0] = width - s.center[0] - 1
+            s.flipped = True
+        if (
+            p.half_body
+            and float(s.visible[:, 0].sum()) > p.num_joints_half_body
+            and rng.random() < p.prob_half_body
+        ):
+            box = half_body_center_scale(
+                s.joints,
+                s.visible,
+                self.skeleton.upper_body_ids,
+                rng,
+                p.image_size,
+                p.half_body_padding,
+            )
+            if box is not None:
+                s.center, s.scale = box
+                s.half_body = True
+        s.scale, s.rotation = random_scale_rotation(
+            s.scale, rng, p.scale_factor, p.rot_factor, p.rot_prob
+        )
+        return s
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        if not 0 <= index < len(self.instances):
+            raise IndexError(f"index {index} out of range for {len(self.instances)} instances")
+        p = self.pipeline
+        inst = self.instances[index]
+        s = self._initial(self._load(index, inst), inst)
+        if p.train:
+            s = self.augment(s, inst, index)
+        crop, joints, _ = top_down_affine(
+            s.image,
+            s.joints,
+            s.visible,
+            s.center,
+            s.scale,
+            s.rotation,
+            p.image_size,
+            p.use_udp,
+            p.warp_method,
+        )
+        out: dict[str, Any] = {"img": normalize_image(crop, p.mean, p.std)}
+        if p.targets:
+            target, weight = generate_target(
+                joints,
+                s.visible,
+                encoding=p.encoding,
+                sigma=p.sigma,
+                image_size=p.image_size,
+                heatmap_size=p.heatmap_size,
+                unbiased_encoding=p.unbiased_encoding,
+                joint_weights=self.skeleton.joint_weights,
+                use_different_joint_weights=p.use_different_joint_weights,
+                max_num_joints=p.max_num_joints,
+            )
+            out["target"] = torch.from_numpy(target)
+            out["target_weight"] = torch.from_numpy(weight)
+        out["dataset_idx"] = self.dataset_idx
+        out["meta"] = {
+            "image_file": str(self.image_path(inst)),
+            "image_id": inst.image_id,
+            "ann_id": inst.ann_id,
+            "dataset": inst.dataset,
+            "index": index,
+            "center": s.center,
+            "scale": s.scale,
+            "rotation": float(s.rotation),
+            "flipped": s.flipped,
+            "half_body": s.half_body,
+            "bbox_score": float(inst.bbox_score),
+            "bbox": inst.bbox,
+            "category_id": inst.category_id,
+            "num_joints": inst.num_keypoints,
+            "flip_indices": self.skeleton.flip_indices,
+            "joints_3d": joints,
+            "joints_3d_visible": s.visible,
+            "use_udp": p.use_udp,
+            "dataset_idx": self.dataset_idx,
+        }
+        return out
+
+
+def _pad_channels(t: Tensor, n: int, what: str) -> Tensor:
+    k = t.shape[0]
+    if k > n:
+        raise ValueError(f"{what} has {k} channels, more than max_num_joints={n}")
+    if k == n:
+        return t
+    return torch.cat([t, t.new_zeros((n - k, *t.shape[1:]))])
+
+
+def multi_dataset_collate(
+    samples: Sequence[Mapping[str, Any]], max_num_joints: int | None = MAX_NUM_JOINTS
+) -> dict[str, Any]:
+    """Batch samples of possibly different datasets for the multi-dataset model.
+
+    Returns ``img`` [N, 3, h, w]; ``target`` [N, M, H, W] and ``target_weight`` [N, M, 1],
+    zero-padded to M = ``max_num_joints`` channels (133; ``None`` = the largest K in the batch)
+    — padded channels have weight 0, so they add nothing to the weighted MSE; ``dataset_idx``
+    int64 [N] (the routing of each image); ``num_joints`` int64 [N] (each sample's own K); and
+    ``img_metas``, the list of per-sample ``meta`` dicts. Samples without targets (evaluation)
+    give a batch without ``target`` / ``target_weight``.
+    """
+    if not samples:
+        raise ValueError("cannot collate an empty batch")
+    batch: dict[str, Any] = {"img": torch.stack([s["img"] for s in samples])}
+    has_target = ["target" in s for s in samples]
+    if any(has_target) and not all(has_target):
+        raise ValueError("a batch mixes samples with and without targets")
+    if all(has_target):
+        m = max_num_joints
+        if m is None:
+            m = max(int(s["target"].shape[0]) for s in samples)
+        batch["target"] = torch.stack([_pad_channels(s["target"], m, "target") for s in samples])
+        batch["target_weight"] = torch.stack(
+            [_pad_channels(s["target_weight"], m, "target_weight") for s in samples]
+        )
+    batch["dataset_idx"] = torch.tensor([int(s["dataset_idx"]) for s in samples], dtype=torch.int64)
+    num_joints = [
+        int(s.get("meta", {}).get("num_joints", s["target"].shape[0] if "target" in s else 0))
+        for s in samples
+    ]
+    batch["num_joints"] = torch.tensor(num_joints, dtype=torch.int64)
+    batch["img_metas"] = [s.get("meta", {}) for s in samples]
+    return batch

@@ -1,0 +1,492 @@
+"""Geometric transforms of the top-down pipeline: crops, flips and the random augmentations.
+
+Shape and unit vocabulary, used by every function below:
+
+* an *image* is ``[H, W, 3]`` uint8 RGB (row y, column x); ``img_width`` is its W;
+* ``joints`` are ``[K, 3]`` (x, y, z) in image pixels (z is unused and kept at 0) and
+  ``visible`` ``[K, 3]`` is the per-joint visibility repeated over the columns (0 or 1 in
+  columns 0 and 1, as mmpose's ``joints_3d_visible``); ``points`` are ``[..., 2]`` (x, y);
+* ``center`` ``[2]`` is the box centre in pixels and ``scale`` ``[2]`` the box size (w, h) in
+  units of 200 px (mmpose's ``pixel_std``); ``rotation`` is in degrees;
+* ``image_size`` / ``output_size`` / ``heatmap_size`` are (w, h) — the order of the configs —
+  default input 192×256 and heatmap 48×64;
+* an affine ``matrix`` is ``[2, 3]`` mapping source (x, y, 1) to destination (x, y).
+
+What is reproduced: ``get_affine_transform``, ``get_warp_matrix``, ``affine_transform`` /
+``warp_affine_joints`` and ``fliplr_joints`` of mmpose 0.x ``post_transforms.py`` and the
+``TopDownRandomFlip`` / ``TopDownHalfBodyTransform`` / ``TopDownGetRandomScaleRotation`` /
+``TopDownAffine`` steps of ``top_down_transform.py`` (as shipped by the PoseBH release), written
+from their semantics. Two facts worth knowing (golden suite README, items 6 and 7):
+
+* the plain matrix (:func:`get_affine_transform`) and the UDP matrix (:func:`get_warp_matrix`)
+  rotate in **opposite** directions for the same ``rotation``;
+* the plain crop moves only the visible joints; the UDP crop moves all of them.
+
+Numerics: the official code ran under NumPy 1.x, where a float32 *scalar* meeting a Python float
+is promoted to float64; the scalar arithmetic below is therefore done in Python floats (float64)
+from the float32-rounded inputs, which NumPy 2 would otherwise keep in float32.
+
+``cv2.warpAffine`` is replaced by :func:`warp_affine`, a NumPy emulation of OpenCV's bilinear
+warp with a constant-0 border: the fixed-point arithmetic of OpenCV ≤ 4.10 (the default) or the
+float32 arithmetic of OpenCV ≥ 4.11.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from posebh.decode import transform_preds
+
+__all__ = [
+    "IMAGENET_MEAN",
+    "IMAGENET_STD",
+    "affine_transform_points",
+    "crop_joints",
+    "flip_image",
+    "fliplr_joints",
+    "get_affine_transform",
+    "get_warp_matrix",
+    "half_body_center_scale",
+    "normalize_image",
+    "random_scale_rotation",
+    "top_down_affine",
+    "transform_preds",
+    "warp_affine",
+]
+
+# The NormalizeTensor constants of every official config (ImageNet statistics, RGB order).
+IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
+IMAGENET_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
+
+
+# ---------------------------------------------------------------------------------------------
+# Affine matrices
+# ---------------------------------------------------------------------------------------------
+
+
+def _third_point(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """``b`` plus ``a − b`` rotated by +90°, in float32 (the official ``_get_3rd_point``)."""
+    d = (a - b).astype(np.float32)
+    return (b + np.array([-d[1], d[0]], dtype=np.float32)).astype(np.float32)
+
+
+def _solve_affine(src: np.ndarray, dst: np.ndarray) -> np.ndarray:
+    """The 2×3 float64 matrix taking three points src [3, 2] onto dst [3, 2].
+
+    ``cv2.getAffineTransform`` semantics: the float32 points are promoted to float64 and the
+    6×6 system is solved by LU; a 3×3 solve of the same system agrees to ~1e-13.
+    """
+    s = np.concatenate([src.astype(np.float64), np.ones((3, 1))], axis=1)  # [3, 3]
+    return np.linalg.solve(s, dst.astype(np.float64)).T  # [2, 3]
+
+
+def get_affine_transform(
+    center: Any,
+    scale: Any,
+    rot: float,
+    output_size: Sequence[float],
+    shift: Sequence[float] = (0.0, 0.0),
+    inv: bool = False,
+) -> np.ndarray:
+    """The plain (non-UDP) crop matrix [2, 3] float64: box → ``output_size`` (or back if inv).
+
+    The box is ``center`` ± ``scale``·200/2, rotated by ``rot`` degrees (positive rot turns the
+    crop window clockwise in the image, so the content appears rotated counter-clockwise).
+    Only the box *width* fixes the zoom (the height follows from ``output_size``'s aspect).
+    ``shift`` moves the centre by a fraction of the box size. Three point pairs are formed in
+    float32 — the centre, the centre plus the rotated half-width "up" vector, and a third point
+    at +90° — exactly as the official code, and solved in float64.
+    """
+    c = np.asarray(center)
+    s_px = np.asarray(scale) * 200.0  # keeps float32 for float32 scale, as the official code
+    if c.shape != (2,) or s_px.shape != (2,) or len(output_size) != 2 or len(shift) != 2:
+        raise ValueError("center, scale, output_size and shift must each have 2 entries")
+    shift_px = s_px * np.asarray(shift, dtype=np.float64)
+    src_w = float(s_px[0])
+    dst_w, dst_h = float(output_size[0]), float(output_size[1])
+
+    rot_rad = math.pi * float(rot) / 180.0
+    sn, cs = math.sin(rot_rad), math.cos(rot_rad)
+    up = src_w * -0.5  # the half-width vector (0, −w/2), rotated
+    src_dir = np.array([-up * sn, up * cs])
+
+    src = np.zeros((3, 2), dtype=np.float32)
+    src[0] = c + shift_px
+    src[1] = c + src_dir + shift_px
+    src[2] = _third_point(src[0], src[1])
+    dst = np.zeros((3, 2), dtype=np.float32)
+    dst[0] = [dst_w * 0.5, dst_h * 0.5]
+    dst[1] = [dst_w * 0.5, dst_h * 0.5 + dst_w * -0.5]
+    dst[2] = _third_point(dst[0], dst[1])
+    return _solve_affine(dst, src) if inv else _solve_affine(src, dst)
+
+
+def get_warp_matrix(
+    theta: float,
+    size_input: Any,
+    size_dst: Any,
+    size_target: Any,
+) -> np.ndarray:
+    """The UDP crop matrix [2, 3] float32 (the official ``get_warp_matrix``).
+
+    ``size_input`` is twice the box centre (so ``size_input / 2`` is the centre), ``size_dst``
+    the output size minus one (UDP measures sizes between the first and last pixel centres) and
+    ``size_target`` the box size in pixels; ``theta`` is in degrees. The matrix maps
+    p ↦ S · (R(θ) · (p − c) + size_target / 2) with c = size_input / 2,
+    S = diag(size_dst / size_target) and R(θ) = [[cos, −sin], [sin, cos]]: for positive θ the
+    content turns clockwise on screen — the opposite of :func:`get_affine_transform`.
+
+    ``TopDownAffine(use_udp=True)`` calls it as
+    ``get_warp_matrix(rot, center * 2, image_size − 1, scale * 200)``; see :func:`top_down_affine`.
+    A float32 ``theta`` is converted to radians in float32, as ``np.deg2rad`` does.
+    """
+    th = float(np.deg2rad(theta))
+    cs, sn = math.cos(th), math.sin(th)
+    in_x, in_y = (float(v) for v in np.asarray(size_input).reshape(2))
+    dst_x, dst_y = (float(v) for v in np.asarray(size_dst).reshape(2))
+    tgt_x, tgt_y = (float(v) for v in np.asarray(size_target).reshape(2))
+    sx, sy = dst_x / tgt_x, dst_y / tgt_y
+    m = np.zeros((2, 3), dtype=np.float32)
+    m[0, 0] = cs * sx
+    m[0, 1] = -sn * sx
+    m[0, 2] = sx * (-0.5 * in_x * cs + 0.5 * in_y * sn + 0.5 * tgt_x)
+    m[1, 0] = sn * sy
+    m[1, 1] = cs * sy
+    m[1, 2] = sy * (-0.5 * in_x * sn - 0.5 * in_y * cs + 0.5 * tgt_y)
+    return m
+
+
+def affine_transform_points(points: Any, matrix: Any) -> np.ndarray:
+    """Apply a [2, 3] matrix to points [..., 2]; returns [..., 2].
+
+    Computed as ``[x, y, 1] @ matrix.T`` in the promoted dtype of the two arguments (float32
+    points with a float32 UDP matrix stay float32, as the official ``warp_affine_joints``).
+    """
+    p = np.asarray(points)
+    m = np.asarray(matrix)
+    if p.shape[-1] != 2 or m.shape != (2, 3):
+        raise ValueError(f"points must be [..., 2] and matrix [2, 3], got {p.shape}, {m.shape}")
+    dt = np.result_type(p.dtype, m.dtype, np.float32)
+    flat = p.reshape(-1, 2).astype(dt)
+    homo = np.concatenate([flat, np.ones((flat.shape[0], 1), dtype=dt)], axis=1)
+    return np.dot(homo, m.astype(dt).T).reshape(p.shape)
+
+
+def crop_joints(
+    joints: np.ndarray,
+    visible: np.ndarray,
+    matrix: np.ndarray,
+    use_udp: bool,
+) -> np.ndarray:
+    """Joints [K, 3] mapped into the crop by ``matrix``, as ``TopDownAffine`` does.
+
+    UDP moves every joint (in the promoted dtype of joints and the float32 matrix); the plain
+    variant moves only joints with ``visible[:, 0] > 0``, each computed in float64 and stored
+    in the joints' dtype, and leaves the others where they were (in image coordinates).
+    """
+    out = np.array(joints, copy=True)
+    if use_udp:
+        out[:, :2] = affine_transform_points(out[:, :2], matrix)
+    else:
+        vis = np.asarray(visible)[:, 0] > 0.0
+        moved = affine_transform_points(out[vis, :2].astype(np.float64), np.float64(matrix))
+        out[vis, :2] = moved
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# The image warp (cv2.warpAffine, INTER_LINEAR, BORDER_CONSTANT 0)
+# ---------------------------------------------------------------------------------------------
+
+_AB_BITS = 10  # OpenCV fixed-point precision of the mapped coordinates (1/1024 px)
+_INTER_BITS = 5  # 1/32-pixel interpolation grid
+_COEF_BITS = 15  # interpolation weights sum to 2**15
+
+
+def _invert_affine(m: np.ndarray) -> np.ndarray:
+    """The inverse of a [2, 3] affine matrix, in OpenCV's float64 arithmetic order."""
+    m0, m1, m2, m3, m4, m5 = (float(v) for v in np.asarray(m, dtype=np.float64).reshape(6))
+    d = m0 * m4 - m1 * m3
+    d = 1.0 / d if d != 0 else 0.0
+    a11, a22 = m4 * d, m0 * d
+    a12, a21 = -m1 * d, -m3 * d
+    b1 = -a11 * m2 - a12 * m5
+    b2 = -a21 * m2 - a22 * m5
+    return np.array([[a11, a12, b1], [a21, a22, b2]])
+
+
+def _bilinear_fixed(
+    inv: np.ndarray, w_out: int, h_out: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """OpenCV ≤ 4.10 sampling grid: integer corners and 1/32-px fractions, [h_out, w_out] each.
+
+    The inverse map is evaluated per row and column in 1/1024-px fixed point (``cvRound``,
+    i.e. round half to even), offset by half a 1/32 step and truncated to the 1/32 grid.
+    """
+    ab_scale = 1 << _AB_BITS
+    round_delta = ab_scale >> (_INTER_BITS + 1)
+    xs = np.arange(w_out, dtype=np.float64)
+    ys = np.arange(h_out, dtype=np.float64)
+    adelta = np.rint(inv[0, 0] * xs * ab_scale).astype(np.int64)
+    bdelta = np.rint(inv[1, 0] * xs * ab_scale).astype(np.int64)
+    x0 = np.rint((inv[0, 1] * ys + inv[0, 2]) * ab_scale).astype(np.int64) + round_delta
+    y0 = np.rint((inv[1, 1] * ys + inv[1, 2]) * ab_scale).astype(np.int64) + round_delta
+    shift = _AB_BITS - _INTER_BITS
+    fx = (x0[:, None] + adelta[None, :]) >> shift  # arithmetic shift = floor
+    fy = (y0[:, None] + bdelta[None, :]) >> shift
+    mask = (1 << _INTER_BITS) - 1
+    # Far-outside corners are clipped (they read only zeros either way) to fit int32.
+    ix = np.clip(fx >> _INTER_BITS, -2, 1 << 20).astype(np.int32)
+    iy = np.clip(fy >> _INTER_BITS, -2, 1 << 20).astype(np.int32)
+    return ix, iy, (fx & mask).astype(np.int32), (fy & mask).astype(np.int32)
+
+
+def _fma32(a: Any, b: Any, c: Any) -> np.ndarray:
+    """float32 fused multiply-add a·b + c (one rounding; exact product of float32 in float64)."""
+    prod = np.asarray(a, dtype=np.float64) * np.asarray(b, dtype=np.float64)
+    return (prod + np.asarray(c, dtype=np.float64)).astype(np.float32)
+
+
+def warp_affine(
+    image: np.ndarray,
+    matrix: Any,
+    out_size: Sequence[int],
+    method: Literal["fixed", "float"] = "fixed",
+) -> np.ndarray:
+    """Warp image [H, W, C] (or [H, W]) uint8 by matrix [2, 3] into out_size (w, h).
+
+    Each output pixel (x, y) samples the source at ``matrix⁻¹ · (x, y, 1)`` bilinearly; source
+    pixels outside the image count as 0 (``BORDER_CONSTANT``). This is
+    ``cv2.warpAffine(image, matrix, out_size, flags=INTER_LINEAR)``; the inverse is taken in
+    OpenCV's float64 arithmetic order. OpenCV changed the arithmetic in 4.11, so two methods:
+
+    * ``"fixed"`` (default; OpenCV ≤ 4.10, the era of the official mmpose 0.x training): the
+      coordinates are rounded to a 1/32-px grid, the four weights are integers summing to 2¹⁵
+      and the sum is rounded half up. Reproduces the OpenCV 4.10 golden suite crops exactly;
+    * ``"float"`` (OpenCV ≥ 4.11): float32 coordinates ``fma(M₀, x, float(M₁·y + M₂))``,
+      float32 interpolation by three fused lerps, rounded half to even. Within one grey level
+      of an OpenCV ≥ 4.11 crop (≈0.1 % of the values differ, all at ties near .5).
+
+    The two methods differ by up to ~6 grey levels where the image has sharp edges or noise
+    (the 1/32-px grid moves a sample by up to 1/64 px).
+    """
+    img = np.asarray(image)
+    if img.dtype != np.uint8 or img.ndim not in (2, 3):
+        raise ValueError(f"image must be [H, W(, C)] uint8, got {img.dtype} {img.shape}")
+    squeeze = img.ndim == 2
+    if squeeze:
+        img = img[..., None]
+    h_in, w_in, ch = img.shape
+    w_out, h_out = int(out_size[0]), int(out_size[1])
+    inv = _invert_affine(np.asarray(matrix))
+
+    if method == "fixed":
+        ix, iy, ax, ay = _bilinear_fixed(inv, w_out, h_out)
+        acc_dtype: Any = np.int32
+    elif method == "float":
+        xs = np.arange(w_out, dtype=np.float32)[None, :]
+        ys = np.arange(h_out, dtype=np.float64)[:, None]
+        sx = _fma32(np.float32(inv[0, 0]), xs, (ys * inv[0, 1] + inv[0, 2]).astype(np.float32))
+        sy = _fma32(np.float32(inv[1, 0]), xs, (ys * inv[1, 1] + inv[1, 2]).astype(np.float32))
+        fx, fy = np.floor(sx), np.floor(sy)
+        ax, ay = sx - fx, sy - fy  # float32 fractions
+        # Far-outside corners are clipped before the int cast (they read only zeros).
+        ix = np.clip(fx, -2, w_in + 1).astype(np.int32)
+        iy = np.clip(fy, -2, h_in + 1).astype(np.int32)
+        acc_dtype = np.float32
+    else:
+        raise ValueError(f"method must be 'fixed' or 'float', got {method!r}")
+
+    # Read the four neighbours from the uint8 image; a neighbour outside it reads 0
+    # (BORDER_CONSTANT), which also zeroes footprints that miss the image entirely.
+    flat = img.reshape(h_in * w_in, ch)
+
+    def corner(dx: int, dy: int) -> np.ndarray:
+        x, y = ix + dx, iy + dy
+        valid = (x >= 0) & (x < w_in) & (y >= 0) & (y < h_in)
+        idx = np.clip(y, 0, h_in - 1) * w_in + np.clip(x, 0, w_in - 1)
+        return flat[idx].astype(acc_dtype) * valid[..., None].astype(acc_dtype)
+
+    p00, p01, p10, p11 = corner(0, 0), corner(1, 0), corner(0, 1), corner(1, 1)
+    if method == "fixed":
+        tab = 1 << _INTER_BITS
+        unit = 1 << (_COEF_BITS - 2 * _INTER_BITS)  # (1/32)² expressed in 2⁻¹⁵ units
+        bx, by = (tab - ax)[..., None], (tab - ay)[..., None]
+        ax, ay = ax[..., None], ay[..., None]
+        acc = (p00 * (bx * by) + p01 * (ax * by) + p10 * (bx * ay) + p11 * (ax * ay)) * unit
+        out = (acc + (1 << (_COEF_BITS - 1))) >> _COEF_BITS
+    else:
+        ax, ay = ax[..., None], ay[..., None]
+        top = _fma32(ax, p01 - p00, p00)
+        bottom = _fma32(ax, p11 - p10, p10)
+        out = np.rint(_fma32(ay, bottom - top, top))
+    out = np.clip(out, 0, 255).astype(np.uint8)
+    return out[..., 0] if squeeze else out
+
+
+def top_down_affine(
+    image: np.ndarray,
+    joints: np.ndarray,
+    visible: np.ndarray,
+    center: np.ndarray,
+    scale: np.ndarray,
+    rotation: float,
+    image_size: Sequence[int] = (192, 256),
+    use_udp: bool = False,
+    warp_method: Literal["fixed", "float"] = "fixed",
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The official ``TopDownAffine``: (crop [h, w, 3] uint8, joints [K, 3], matrix [2, 3]).
+
+    UDP: ``get_warp_matrix(rotation, center·2, image_size − 1, scale·200)`` (float32 matrix);
+    plain: ``get_affine_transform(center, scale, rotation, image_size)`` (float64). The
+    products ``center·2`` and ``scale·200`` keep the dtype of ``center``/``scale``.
+    """
+    size = np.asarray(image_size, dtype=np.float64)
+    c, s = np.asarray(center), np.asarray(scale)
+    if use_udp:
+        matrix = get_warp_matrix(rotation, c * 2.0, size - 1.0, s * 200.0)
+    else:
+        matrix = get_affine_transform(c, s, rotation, image_size)
+    crop = warp_affine(image, matrix, (int(image_size[0]), int(image_size[1])), warp_method)
+    return crop, crop_joints(joints, visible, matrix, use_udp), matrix
+
+
+# ---------------------------------------------------------------------------------------------
+# Flip
+# ---------------------------------------------------------------------------------------------
+
+
+def flip_image(image: np.ndarray) -> np.ndarray:
+    """Mirror image [H, W, ...] left-right (a contiguous copy)."""
+    return np.ascontiguousarray(np.asarray(image)[:, ::-1])
+
+
+def fliplr_joints(
+    joints: np.ndarray,
+    visible: np.ndarray,
+    img_width: int,
+    flip_indices: Sequence[int],
+) -> tuple[np.ndarray, np.ndarray]:
+    """Joints [K, 3] and visible [K, 3] of the left-right mirrored image of width img_width.
+
+    Joint ``i`` of the result is joint ``flip_indices[i]`` of the input with
+    x ← img_width − 1 − x (pixel centres on the integer grid). As the official
+    ``fliplr_joints``, the joints are then multiplied by the visibility, so an invisible joint
+    becomes (0, 0, 0).
+    """
+    j = np.asarray(joints)
+    v = np.asarray(visible)
+    if len(j) != len(v) or len(flip_indices) != len(j):
+        raise ValueError(
+            f"joints ({len(j)}), visible ({len(v)}) and flip_indices ({len(flip_indices)}) "
+            "must have the same length"
+        )
+    if img_width <= 0:
+        raise ValueError(f"img_width must be positive, got {img_width}")
+    idx = np.asarray(flip_indices, dtype=np.int64)
+    j_out = j[idx].copy()
+    v_out = v[idx].copy()
+    j_out[:, 0] = img_width - 1 - j_out[:, 0]
+    return (j_out * v_out).astype(j.dtype, copy=False), v_out
+
+
+# ---------------------------------------------------------------------------------------------
+# Random augmentations (explicit numpy Generator, never the global RNG)
+# ---------------------------------------------------------------------------------------------
+
+
+def half_body_center_scale(
+    joints: np.ndarray,
+    visible: np.ndarray,
+    upper_body_ids: Sequence[int],
+    rng: np.random.Generator,
+    image_size: Sequence[int] = (192, 256),
+    padding: float = 1.5,
+) -> tuple[np.ndarray, np.ndarray] | None:
+    """A box around the upper or the lower body: (center [2], scale [2]) float32, or None.
+
+    The official ``TopDownHalfBodyTransform.half_body_transform``: the visible joints are split
+    into "upper" (index in ``upper_body_ids``) and "lower" (**every other** visible joint — the
+    official code has no third group, so e.g. WholeBody face and hand joints count as lower).
+    The upper set is chosen when a standard-normal draw is < 0.5 (the official
+    ``np.random.randn() < 0.5``, i.e. about 69 %, not 50 %) and it has more than 2 joints,
+    otherwise the lower set if it has more than 2, otherwise the upper set; fewer than 2
+    selected joints give None. The box is the joints' min/max (centred on their **mean**),
+    widened to the aspect ratio of ``image_size`` and padded by ``padding`` (1.5).
+    """
+    vis = np.asarray(visible)[:, 0] > 0
+    is_upper = np.zeros(len(vis), dtype=bool)
+    ids = [i for i in upper_body_ids if 0 <= i < len(vis)]
+    is_upper[ids] = True
+    upper = np.asarray(joints)[vis & is_upper]
+    lower = np.asarray(joints)[vis & ~is_upper]
+    if rng.standard_normal() < 0.5 and len(upper) > 2:
+        selected = upper
+    elif len(lower) > 2:
+        selected = lower
+    else:
+        selected = upper
+    if len(selected) < 2:
+        return None
+    sel = selected.astype(np.float32)
+    center = sel.mean(axis=0)[:2]
+    lo, hi = sel.min(axis=0), sel.max(axis=0)
+    w, h = float(hi[0] - lo[0]), float(hi[1] - lo[1])
+    aspect = float(image_size[0]) / float(image_size[1])
+    if w > aspect * h:
+        h = w / aspect
+    elif w < aspect * h:
+        w = h * aspect
+    scale = np.array([w / 200.0, h / 200.0], dtype=np.float32) * np.float32(padding)
+    return center.astype(np.float32), scale.astype(np.float32)
+
+
+def random_scale_rotation(
+    scale: np.ndarray,
+    rng: np.random.Generator,
+    scale_factor: float = 0.5,
+    rot_factor: float = 40.0,
+    rot_prob: float = 0.6,
+) -> tuple[np.ndarray, float]:
+    """The official ``TopDownGetRandomScaleRotation``: (scale [2], rotation in degrees).
+
+    Draw order (from ``rng``): a normal for the scale, a normal for the angle, a uniform for
+    whether to rotate. scale ← scale · clip(1 + sf·N, 1 − sf, 1 + sf); rotation =
+    clip(rf·N, −2rf, 2rf) when the uniform is ≤ ``rot_prob``, else 0. The scale keeps its dtype.
+    """
+    s = np.asarray(scale)
+    sf, rf = float(scale_factor), float(rot_factor)
+    s_factor = float(np.clip(rng.standard_normal() * sf + 1.0, 1.0 - sf, 1.0 + sf))
+    r_factor = float(np.clip(rng.standard_normal() * rf, -2.0 * rf, 2.0 * rf))
+    rotation = r_factor if rng.random() <= rot_prob else 0.0
+    return (s * s.dtype.type(s_factor)).astype(s.dtype), rotation
+
+
+# ---------------------------------------------------------------------------------------------
+# To tensor
+# ---------------------------------------------------------------------------------------------
+
+
+def normalize_image(
+    image: np.ndarray,
+    mean: Sequence[float] = IMAGENET_MEAN,
+    std: Sequence[float] = IMAGENET_STD,
+) -> Tensor:
+    """uint8 image [H, W, 3] → float32 tensor [3, H, W] = (image/255 − mean) / std.
+
+    The official ``ToTensor`` + ``NormalizeTensor`` (float32 division by 255, then subtraction
+    and division per channel).
+    """
+    img = np.asarray(image)
+    if img.ndim != 3 or img.shape[-1] != len(mean) or len(mean) != len(std):
+        raise ValueError(f"image must be [H, W, {len(mean)}], got {img.shape}")
+    # float32 throughout, in the official order: /255, −mean, /std (same IEEE results as torch).
+    x = img.astype(np.float32) / np.float32(255.0)
+    x = (x - np.asarray(mean, dtype=np.float32)) / np.asarray(std, dtype=np.float32)
+    return torch.from_numpy(np.ascontiguousarray(x.transpose(2, 0, 1)))
