@@ -18,6 +18,8 @@ import torch
 
 EXAMPLES = """\
 examples:
+  posebh eval --dataset coco --data-root data --checkpoint vitpose+_base.pth
+  posebh eval --dataset coco --ann-file test_coco.json --img-prefix coco/ --gt-as-prediction
   posebh info vitpose+_base.pth
   posebh convert vitpose+_base.pth coco_only.pth --split coco
   posebh convert posebh_base.pth transfer_init.pth --remove-prototypes
@@ -92,6 +94,96 @@ def _cmd_convert(args: argparse.Namespace) -> int:
     return 0
 
 
+def _parse_overrides(items: Sequence[str]) -> dict[str, object]:
+    """``key=value`` pairs; values parsed as JSON where they can be (numbers, lists, bools)."""
+    out: dict[str, object] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise ValueError(f"--override takes key=value, got {item!r}")
+        try:
+            out[key] = json.loads(value)
+        except json.JSONDecodeError:
+            out[key] = value
+        if isinstance(out[key], list):
+            out[key] = tuple(out[key])
+    return out
+
+
+def _cmd_eval(args: argparse.Namespace) -> int:
+    import dataclasses
+
+    from posebh.datasets import DatasetSpec, default_spec
+    from posebh.evaluate import default_protocol, evaluate
+    from posebh.skeletons import get_skeleton
+
+    name = get_skeleton(args.dataset).name
+    if args.ann_file:
+        spec = DatasetSpec(
+            name=name,
+            ann_file=str(args.ann_file),
+            img_prefix=str(args.img_prefix or Path(args.ann_file).parent),
+            det_file=str(args.det_file) if args.det_file else None,
+            use_gt_bbox=args.det_file is None,
+            det_bbox_thr=args.det_bbox_thr,
+            camera_file=str(args.camera_file) if args.camera_file else None,
+            joint_file=str(args.joint_file) if args.joint_file else None,
+            gt_file=str(args.gt_file) if args.gt_file else None,
+            split=args.split,
+            source="command line",
+        )
+    else:
+        spec = default_spec(
+            name, args.split, args.data_root, use_gt_bbox=True if args.gt_bbox else None
+        )
+    overrides = {}
+    if args.no_flip:
+        overrides["flip_test"] = False
+    if args.post_process is not None:
+        overrides["post_process"] = None if args.post_process == "none" else args.post_process
+    if args.udp is not None:
+        overrides["use_udp"] = args.udp
+    if args.shift is not None:
+        overrides["shift_heatmap"] = args.shift
+    protocol = default_protocol(name, **overrides)
+    model, checkpoint = None, None
+    if not args.gt_as_prediction:
+        arch = _parse_overrides(args.override)
+        if args.checkpoint:
+            from posebh.checkpoint import load_official
+
+            if args.num_heads:
+                arch["num_heads"] = args.num_heads
+            model, checkpoint = load_official(args.checkpoint, **arch), str(args.checkpoint)
+        elif args.preset:
+            from posebh.models import build_model
+
+            torch.manual_seed(args.seed)
+            model = build_model(args.preset, **arch)
+            checkpoint = f"random init of {args.preset} (seed {args.seed}, overrides {arch})"
+        else:
+            raise ValueError(
+                "pass --checkpoint (or --preset for a random model, or --gt-as-prediction)"
+            )
+    out_dir = args.out or Path("results") / "eval" / f"{name}_{spec.split or args.split}"
+    result = evaluate(
+        model,
+        spec,
+        protocol=protocol,
+        head=args.head,
+        expert=args.expert,
+        batch_size=args.batch_size,
+        device=args.device,
+        num_workers=args.workers,
+        gt_as_prediction=args.gt_as_prediction,
+        out_dir=out_dir,
+        checkpoint=checkpoint,
+    )
+    print(f"wrote {', '.join(result.files.values())}")
+    print(f"protocol: {dataclasses.asdict(protocol)}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="posebh",
@@ -111,6 +203,69 @@ def build_parser() -> argparse.ArgumentParser:
         help="attention heads, needed only for a non-preset width",
     )
     info.set_defaults(func=_cmd_info)
+
+    ev = sub.add_parser(
+        "eval",
+        help="evaluate a checkpoint on one dataset under the official protocol",
+        description="Top-down evaluation: boxes → crops → model (flip test) → decode → "
+        "rescoring + OKS-NMS → metric (OKS AP, WholeBody per part, MPII PCKh, InterHand "
+        "PCK/AUC/EPE). Decode and flip settings default to the dataset's official evaluation "
+        "config (PROTOCOL.md §6). Writes metrics.json, metrics.md and predictions.json.",
+        epilog="The dataset layout under --data-root follows the official data/ tree "
+        "(e.g. data/coco/annotations/person_keypoints_val2017.json); --ann-file and "
+        "--img-prefix point at any other file.",
+    )
+    ev.add_argument(
+        "--dataset",
+        required=True,
+        help="coco, aic, mpii, ap10k, apt36k, coco_wholebody, ochuman, interhand2d or pw3d",
+    )
+    ev.add_argument("--split", default="val", choices=("train", "val", "test"))
+    ev.add_argument("--data-root", type=Path, default=Path("data"))
+    ev.add_argument("--ann-file", type=Path, default=None, help="instead of the layout")
+    ev.add_argument("--img-prefix", type=Path, default=None)
+    ev.add_argument(
+        "--det-file",
+        type=Path,
+        default=None,
+        help="person detections (COCO results format); default: GT boxes",
+    )
+    ev.add_argument("--det-bbox-thr", type=float, default=0.0)
+    ev.add_argument("--gt-bbox", action="store_true", help="GT boxes instead of detections")
+    ev.add_argument("--camera-file", type=Path, default=None, help="InterHand2.6M")
+    ev.add_argument("--joint-file", type=Path, default=None, help="InterHand2.6M")
+    ev.add_argument("--gt-file", type=Path, default=None, help="MPII mpii_gt_val.mat")
+    ev.add_argument("--checkpoint", type=Path, default=None)
+    ev.add_argument("--preset", default=None, help="a random model of this preset (testing)")
+    ev.add_argument(
+        "--override",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="model config override (with --preset or --checkpoint)",
+    )
+    ev.add_argument("--num-heads", type=int, default=None)
+    ev.add_argument("--seed", type=int, default=0)
+    ev.add_argument("--head", type=int, default=None, help="heatmap head (default: dataset's)")
+    ev.add_argument("--expert", type=int, default=None, help="backbone expert (default: head)")
+    ev.add_argument("--no-flip", action="store_true", help="disable the flip test")
+    ev.add_argument(
+        "--post-process", choices=("default", "unbiased", "megvii", "none"), default=None
+    )
+    ev.add_argument("--udp", dest="udp", action="store_true", default=None)
+    ev.add_argument("--no-udp", dest="udp", action="store_false")
+    ev.add_argument("--shift", dest="shift", action="store_true", default=None)
+    ev.add_argument("--no-shift", dest="shift", action="store_false")
+    ev.add_argument("--batch-size", type=int, default=32)
+    ev.add_argument("--device", default="cpu")
+    ev.add_argument("--workers", type=int, default=0)
+    ev.add_argument(
+        "--gt-as-prediction",
+        action="store_true",
+        help="feed the ground truth back as predictions (checks readers + metrics)",
+    )
+    ev.add_argument("--out", type=Path, default=None, help="default results/eval/<dataset>_<split>")
+    ev.set_defaults(func=_cmd_eval)
 
     conv = sub.add_parser(
         "convert",

@@ -67,7 +67,7 @@ def load_mpii_gt(gt_mat: str | os.PathLike[str]) -> dict[str, np.ndarray]:
         )
     try:
         from scipy.io import loadmat
-    except ImportError as e:  # pragma: no cover - scipy is present where tests run
+    except ImportError as e:  # pragma: no cover - scipy is a declared dependency
         raise DatasetError(f"reading {path} needs scipy. Fix: pip install scipy.") from e
     try:
         mat = loadmat(str(path))

@@ -1,0 +1,513 @@
+"""Top-down evaluation: dataset → crops → model (+ flip test) → decode → rescoring/NMS → metric.
+
+Shape vocabulary: N instances (boxes), K keypoints of the evaluated skeleton, H×W heatmap.
+
+``evaluate(model, "coco", data_root=...)`` runs one dataset under the protocol of the
+official evaluation configs (:func:`default_protocol`, from ``PROTOCOL.md`` §3 and §6) and
+writes ``metrics.json`` (values + every setting, file, version and timing the numbers depend
+on), ``metrics.md`` and ``predictions.json`` when ``out_dir`` is given.
+``gt_as_prediction=True`` replaces the network by the ground truth, which exercises the
+readers, rescoring, NMS and metric code on real files (every AP should be 1.0).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import platform
+import subprocess
+import time
+from collections import defaultdict
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tabulate import tabulate
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from posebh.datasets import DatasetSpec, Instance, ReadSummary, default_spec, read_dataset
+from posebh.decode import DECODE_DEFAULTS, decode_heatmaps, flip_test_merge
+from posebh.evaluation import (
+    auc,
+    epe,
+    library_versions,
+    oks_eval,
+    pck_accuracy,
+    pckh,
+    rescore_and_nms,
+    wholebody_eval,
+)
+from posebh.pipeline import TopDownDataset, multi_dataset_collate, per_dataset_pipeline
+from posebh.skeletons import get_skeleton
+
+# How each dataset is scored (PROTOCOL.md §1, §4, §5).
+_METRIC = {
+    "coco": "oks",
+    "ochuman": "oks",
+    "aic": "oks",
+    "ap10k": "oks",
+    "apt36k": "oks",
+    "pw3d": "oks",
+    "coco_wholebody": "wholebody",
+    "mpii": "pckh",
+    "interhand2d": "pck_auc_epe",
+}
+# use_area=False (OKS scale 0.53·w·h): AIC and 3DPW (PROTOCOL.md §1–2).
+_NO_AREA = {"aic", "pw3d"}
+# The multi-dataset model's head / expert for datasets evaluated with another one's head.
+_HEAD_OF = {"ochuman": 0}
+
+
+@dataclass(frozen=True)
+class EvalProtocol:
+    """The settings one evaluation runs with (defaults: the official per-dataset configs)."""
+
+    dataset: str
+    flip_test: bool = True
+    shift_heatmap: bool = False
+    post_process: str | None = "default"
+    use_udp: bool = True
+    kernel: int = 11
+    vis_thr: float = 0.2
+    oks_thr: float = 0.9
+    soft_nms: bool = False
+    use_nms: bool = True
+    use_area: bool = True
+    metric: str = "oks"
+    source: str = ""
+
+
+def default_protocol(dataset: str, **overrides: Any) -> EvalProtocol:
+    """The official evaluation protocol of ``dataset`` (PROTOCOL.md §6), fields overridable."""
+    name = get_skeleton(dataset).name
+    if name not in _METRIC:
+        raise ValueError(f"no evaluation protocol for {dataset!r}; known: {sorted(_METRIC)}")
+    d = DECODE_DEFAULTS[name]
+    proto = EvalProtocol(
+        dataset=name,
+        flip_test=bool(d["flip_test"]),
+        shift_heatmap=bool(d["shift_heatmap"]),
+        post_process=d["post_process"],
+        use_udp=bool(d["use_udp"]),
+        kernel=int(d["kernel"]),
+        use_area=name not in _NO_AREA,
+        metric=_METRIC[name],
+        source=str(d.get("source", "PROTOCOL.md §6")),
+    )
+    return dataclasses.replace(proto, **overrides) if overrides else proto
+
+
+@dataclass
+class EvalResult:
+    """Metrics of one evaluation plus everything needed to say where they came from."""
+
+    dataset: str
+    metrics: dict[str, Any]
+    meta: dict[str, Any]
+    predictions: list[dict[str, Any]] = field(repr=False, default_factory=list)
+    files: dict[str, str] = field(default_factory=dict)
+
+    def table(self) -> str:
+        rows = [(k, f"{v:.4f}") for k, v in _flat_metrics(self.metrics).items()]
+        return tabulate(rows, headers=["metric", "value"], tablefmt="github")
+
+
+def _flat_metrics(metrics: dict[str, Any]) -> dict[str, float]:
+    out: dict[str, float] = {}
+    for k, v in metrics.items():
+        if isinstance(v, dict):
+            out.update({f"{k}/{kk}": vv for kk, vv in _flat_metrics(v).items()})
+        elif isinstance(v, (int, float)) and not isinstance(v, bool):
+            out[k] = float(v)
+    return out
+
+
+# ------------------------------------------------------------------------------------------
+# Inference
+# ------------------------------------------------------------------------------------------
+
+
+def _choose_head(model: torch.nn.Module, dataset: str, head: int | None) -> int:
+    heads = model.heads
+    if head is None:
+        if len(heads) == 1:
+            head = 0
+        else:
+            index = get_skeleton(dataset).dataset_index
+            head = _HEAD_OF.get(dataset, index)
+            if head is None:
+                raise ValueError(
+                    f"{dataset} is not one of this {len(heads)}-head model's training datasets;"
+                    " pass head=... (and expert=...)"
+                )
+    if not 0 <= head < len(heads):
+        raise ValueError(f"head {head} out of range for a model with {len(heads)} heads")
+    k = get_skeleton(dataset).num_keypoints
+    if heads[head].num_keypoints != k:
+        raise ValueError(
+            f"head {head} predicts {heads[head].num_keypoints} keypoints; {dataset} has {k}"
+        )
+    return head
+
+
+@torch.inference_mode()
+def predict(
+    model: torch.nn.Module,
+    instances: Sequence[Instance],
+    protocol: EvalProtocol,
+    *,
+    head: int | None = None,
+    expert: int | None = None,
+    batch_size: int = 32,
+    device: str | torch.device | None = None,
+    num_workers: int = 0,
+    progress: bool = True,
+) -> list[dict[str, Any]]:
+    """Keypoints of every instance: ``[{"keypoints": [K, 3] (x, y, score), "center",
+    "scale", "area", "score" (box score), "image_id", "category_id", "index"}]``."""
+    skeleton = get_skeleton(protocol.dataset)
+    head = _choose_head(model, protocol.dataset, head)
+    if expert is None:
+        expert = head
+    has_experts = getattr(model.backbone, "num_experts", 0) > 0
+    device = torch.device(device) if device is not None else next(model.parameters()).device
+    model = model.eval().to(device)
+    pipeline = per_dataset_pipeline(
+        protocol.dataset, train=False, max_num_joints=None, use_udp=protocol.use_udp
+    )
+    data = TopDownDataset(instances, skeleton, pipeline, dataset_idx=expert)
+    loader = DataLoader(
+        data,
+        batch_size=batch_size,
+        shuffle=False,
+        num_workers=num_workers,
+        collate_fn=lambda b: multi_dataset_collate(b, max_num_joints=None),
+    )
+    out: list[dict[str, Any]] = []
+    bar = tqdm(loader, desc=f"eval {protocol.dataset}", unit="batch", disable=not progress)
+    for batch in bar:
+        images = batch["img"].to(device)
+        route = batch["dataset_idx"].to(device) if has_experts else None
+        heatmaps = model(images, route, heads=[head]).heatmaps[head]
+        if protocol.flip_test:
+            flipped = model(images.flip(3), route, heads=[head]).heatmaps[head]
+            heatmaps = flip_test_merge(
+                heatmaps, flipped, skeleton.flip_indices, protocol.shift_heatmap
+            )
+        metas = batch["img_metas"]
+        center = np.stack([m["center"] for m in metas]).astype(np.float32)
+        scale = np.stack([m["scale"] for m in metas]).astype(np.float32)
+        preds, maxvals = decode_heatmaps(
+            heatmaps.float().cpu().numpy(),
+            center,
+            scale,
+            post_process=protocol.post_process,
+            use_udp=protocol.use_udp,
+            kernel=protocol.kernel,
+        )
+        for i, m in enumerate(metas):
+            out.append(
+                {
+                    "keypoints": np.concatenate([preds[i], maxvals[i]], axis=1),
+                    "center": center[i],
+                    "scale": scale[i],
+                    "area": float(np.prod(scale[i] * 200.0)),
+                    "score": m["bbox_score"],
+                    "image_id": m["image_id"],
+                    "category_id": m["category_id"],
+                    "index": m["index"],
+                }
+            )
+    return out
+
+
+def ground_truth_predictions(instances: Sequence[Instance]) -> list[dict[str, Any]]:
+    """The ground truth in :func:`predict`'s format.
+
+    Keypoint scores are the visibility flags (1 labelled, 0 not): an unlabelled keypoint
+    then carries no score, and a WholeBody part with no labelled keypoint is dropped as a
+    detection of that part (the xtcocotools rule), so that perfect predictions score AP 1.
+    """
+    out = []
+    for i, inst in enumerate(instances):
+        kpts = np.asarray(inst.keypoints, dtype=np.float32).copy()
+        kpts[:, 2] = (kpts[:, 2] > 0).astype(np.float32)
+        scale = np.asarray(inst.scale, dtype=np.float32)
+        out.append(
+            {
+                "keypoints": kpts,
+                "center": np.asarray(inst.center, dtype=np.float32),
+                "scale": scale,
+                "area": float(np.prod(scale * 200.0)),
+                "score": float(inst.bbox_score),
+                "image_id": inst.image_id,
+                "category_id": inst.category_id,
+                "index": i,
+            }
+        )
+    return out
+
+
+# ------------------------------------------------------------------------------------------
+# Metrics
+# ------------------------------------------------------------------------------------------
+
+
+def _coco_records(kept: list[dict[str, Any]], dataset: str) -> list[dict[str, Any]]:
+    skeleton = get_skeleton(dataset)
+    records = []
+    for p in kept:
+        k = np.asarray(p["keypoints"], dtype=np.float64)
+        rec = {
+            "image_id": p["image_id"],
+            "category_id": int(p["category_id"] or 1),
+            "score": float(p["score"]),
+        }
+        if dataset == "coco_wholebody":
+            parts = skeleton.parts
+            fields = {
+                "body": "keypoints",
+                "foot": "foot_kpts",
+                "face": "face_kpts",
+                "lefthand": "lefthand_kpts",
+                "righthand": "righthand_kpts",
+            }
+            for part, name in fields.items():
+                start, end = parts[part]
+                rec[name] = k[start:end].reshape(-1).tolist()
+        else:
+            rec["keypoints"] = k.reshape(-1).tolist()
+        records.append(rec)
+    return records
+
+
+def compute_metrics(
+    predictions: Sequence[dict[str, Any]],
+    instances: Sequence[Instance],
+    spec: DatasetSpec,
+    protocol: EvalProtocol,
+) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """Score predictions under the protocol; returns (metrics, the records that were scored)."""
+    name = protocol.dataset
+    skeleton = get_skeleton(name)
+    if protocol.metric in ("oks", "wholebody"):
+        per_image: dict[Any, list[dict[str, Any]]] = defaultdict(list)
+        for p in predictions:
+            per_image[p["image_id"]].append(p)
+        kept = rescore_and_nms(
+            per_image,
+            skeleton.sigmas_array(),
+            vis_thr=protocol.vis_thr,
+            oks_thr=protocol.oks_thr,
+            soft=protocol.soft_nms,
+            use_nms=protocol.use_nms,
+        )
+        records = _coco_records([p for ps in kept.values() for p in ps], name)
+        if protocol.metric == "wholebody":
+            return wholebody_eval(spec.ann_file, records), records
+        stats = oks_eval(
+            spec.ann_file, records, sigmas=skeleton.sigmas_array(), use_area=protocol.use_area
+        )
+        return stats, records
+    preds = np.stack([np.asarray(p["keypoints"])[:, :2] for p in predictions])
+    records = [
+        {"index": int(p["index"]), "keypoints": np.asarray(p["keypoints"]).tolist()}
+        for p in predictions
+    ]
+    if protocol.metric == "pckh":
+        if not spec.gt_file or not Path(spec.gt_file).is_file():
+            raise FileNotFoundError(
+                f"MPII PCKh needs the head boxes of mpii_gt_val.mat; not found at "
+                f"{spec.gt_file!r}. Fix: put the file next to {spec.ann_file}."
+            )
+        order = np.argsort([int(inst.extras.get("index", i)) for i, inst in enumerate(instances)])
+        return pckh(preds[order], spec.gt_file), records
+    if protocol.metric == "pck_auc_epe":
+        gt = np.stack([np.asarray(inst.keypoints)[:, :2] for inst in instances])
+        mask = np.stack([np.asarray(inst.keypoints)[:, 2] > 0 for inst in instances])
+        box = np.array([max(inst.bbox[2], inst.bbox[3]) for inst in instances], dtype=np.float64)
+        norm = np.repeat(box[:, None], 2, axis=1)
+        _, pck, _ = pck_accuracy(preds, gt, mask, 0.2, norm)
+        metrics = {
+            "PCK": float(pck),
+            "AUC": float(auc(preds, gt, mask, 30.0, num_thrs=20)),
+            "EPE": float(epe(preds, gt, mask)),
+            "meta": {
+                "pck_thr": 0.2,
+                "pck_norm": "max(w, h) of the tight joint box",
+                "auc_norm_px": 30.0,
+                "auc_num_thrs": 20,
+            },
+        }
+        return metrics, records
+    raise ValueError(f"unknown metric {protocol.metric!r}")
+
+
+# ------------------------------------------------------------------------------------------
+# The entry point
+# ------------------------------------------------------------------------------------------
+
+
+def _git_commit() -> str | None:
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"],
+            cwd=Path(__file__).resolve().parent,
+            capture_output=True,
+            text=True,
+            timeout=5,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() or None if out.returncode == 0 else None
+
+
+def _jsonable(obj: Any) -> Any:
+    if isinstance(obj, dict):
+        return {str(k): _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_jsonable(v) for v in obj]
+    if isinstance(obj, np.ndarray):
+        return obj.tolist()
+    if isinstance(obj, (np.floating, np.integer)):
+        return obj.item()
+    if isinstance(obj, Path):
+        return str(obj)
+    return obj
+
+
+def evaluate(
+    model: torch.nn.Module | None,
+    dataset: str | DatasetSpec,
+    *,
+    data_root: str | os.PathLike[str] = "data",
+    split: str = "val",
+    use_gt_bbox: bool | None = None,
+    protocol: EvalProtocol | None = None,
+    head: int | None = None,
+    expert: int | None = None,
+    batch_size: int = 32,
+    device: str | torch.device | None = None,
+    num_workers: int = 0,
+    gt_as_prediction: bool = False,
+    out_dir: str | os.PathLike[str] | None = None,
+    checkpoint: str | None = None,
+    progress: bool = True,
+    log: Callable[[str], None] | None = print,
+) -> EvalResult:
+    """Evaluate ``model`` on ``dataset`` (a name under ``data_root``'s official layout, or a
+    :class:`DatasetSpec`) and return the metrics with their provenance.
+
+    ``model=None`` requires ``gt_as_prediction=True``.  The ``protocol`` defaults to the
+    dataset's official one; ``head``/``expert`` default to the dataset's training index (or
+    0 for a single-head model).
+    """
+    start = time.perf_counter()
+    if isinstance(dataset, DatasetSpec):
+        spec = dataset
+    else:
+        name = get_skeleton(dataset).name
+        spec = default_spec(
+            name, split, data_root, use_gt_bbox=True if gt_as_prediction else use_gt_bbox
+        )
+    name = get_skeleton(spec.name).name
+    if gt_as_prediction and not spec.use_gt_bbox:
+        spec = dataclasses.replace(spec, use_gt_bbox=True, det_file=None)
+    protocol = protocol or default_protocol(name)
+    instances, summary = read_dataset(spec)
+    if log:
+        log(f"{name} ({spec.split or split}): {summary}")
+    if not instances:
+        raise ValueError(f"{spec.ann_file}: no instances to evaluate ({summary})")
+    if gt_as_prediction:
+        predictions = ground_truth_predictions(instances)
+    elif model is None:
+        raise ValueError("evaluate() needs a model unless gt_as_prediction=True")
+    else:
+        predictions = predict(
+            model,
+            instances,
+            protocol,
+            head=head,
+            expert=expert,
+            batch_size=batch_size,
+            device=device,
+            num_workers=num_workers,
+            progress=progress,
+        )
+    metrics, records = compute_metrics(predictions, instances, spec, protocol)
+    meta = {
+        "dataset": name,
+        "split": spec.split or split,
+        "annotation_file": spec.ann_file,
+        "image_prefix": spec.img_prefix,
+        "box_file": None if spec.use_gt_bbox else spec.det_file,
+        "boxes": "ground truth" if spec.use_gt_bbox else "detections",
+        "det_bbox_thr": spec.det_bbox_thr,
+        "spec_source": spec.source,
+        "instances": len(instances),
+        "read_summary": _summary_dict(summary),
+        "protocol": dataclasses.asdict(protocol),
+        "predictions_from": "ground truth" if gt_as_prediction else "model",
+        "checkpoint": checkpoint,
+        "model_config": _model_config(model)
+        if model is not None and not gt_as_prediction
+        else None,
+        "commit": _git_commit(),
+        "versions": library_versions("torch", "tabulate"),
+        "hardware": {
+            "machine": platform.machine(),
+            "cpus": os.cpu_count(),
+            "device": str(device or "cpu"),
+        },
+        "wall_time_s": round(time.perf_counter() - start, 3),
+    }
+    result = EvalResult(dataset=name, metrics=metrics, meta=meta, predictions=records)
+    if out_dir is not None:
+        result.files = write_result(result, out_dir)
+    if log:
+        log(result.table())
+    return result
+
+
+def _summary_dict(summary: ReadSummary) -> dict[str, Any]:
+    return {"read": summary.read, "kept": summary.kept, "skipped": dict(summary.skipped)}
+
+
+def _model_config(model: torch.nn.Module) -> dict[str, Any] | None:
+    cfg = getattr(model, "config", None)
+    return dataclasses.asdict(cfg) if dataclasses.is_dataclass(cfg) else None
+
+
+def write_result(result: EvalResult, out_dir: str | os.PathLike[str]) -> dict[str, str]:
+    """Write ``metrics.json``, ``metrics.md`` and ``predictions.json`` into ``out_dir``."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    files = {
+        "metrics_json": out / "metrics.json",
+        "metrics_md": out / "metrics.md",
+        "predictions": out / "predictions.json",
+    }
+    payload = {"dataset": result.dataset, "metrics": result.metrics, "meta": result.meta}
+    files["metrics_json"].write_text(json.dumps(_jsonable(payload), indent=2))
+    m = result.meta
+    md = [
+        f"# {result.dataset} — {m['split']}",
+        "",
+        f"- predictions from: {m['predictions_from']}; checkpoint: {m['checkpoint']}",
+        f"- annotations: `{m['annotation_file']}`; boxes: {m['boxes']}"
+        + (f" (`{m['box_file']}`)" if m["box_file"] else ""),
+        f"- protocol: {m['protocol']}",
+        f"- commit {m['commit']}; versions {m['versions']}",
+        "",
+        result.table(),
+        "",
+    ]
+    files["metrics_md"].write_text("\n".join(md))
+    files["predictions"].write_text(json.dumps(_jsonable(result.predictions)))
+    return {k: str(v) for k, v in files.items()}

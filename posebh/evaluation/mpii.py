@@ -1,0 +1,168 @@
+"""MPII PCKh (the HRNet / mmpose 0.x ``TopDownMpiiDataset.evaluate`` protocol, PROTOCOL.md §4).
+
+Shapes first. Predictions are ``pred [N, 16, ≥2]`` in MPII joint order, 0-based pixel
+coordinates (the decoder's output; 1 is added, as officially). The ground truth is the content
+of ``mpii_gt_val.mat``, in its own (MATLAB, 1-based, joint-major) layout:
+
+* ``pos_gt_src`` ``[16, 2, N]`` joint coordinates;
+* ``headboxes_src`` ``[2, 2, N]``: ``[corner, (x, y), n]`` head box corners;
+* ``jnt_missing`` ``[16, N]``: 1 where the joint is not annotated;
+* ``dataset_joints`` (optional) the 16 short names (``rank``, ``rkne``, …, ``lwri``) used to
+  locate joints; without it the standard MPII order is assumed.
+
+Metric: head size = ``‖headbox[1] − headbox[0]‖₂ · 0.6``; a visible joint is correct when its
+error / head size is ``<= thr`` (0.x; ``inclusive=False`` gives the 1.x ``<``); per-joint
+PCKh = 100·correct/visible; ``PCKh`` is the count-weighted mean over the 14 joints other than
+pelvis (6) and thorax (7); ``PCKh@0.1`` the same at threshold ``arange(0, 0.51, 0.01)[10]``,
+whose per-joint values are stored as float32 as in the official ``pckAll``.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+
+from posebh.datasets.mpii import load_mpii_gt  # the one reader of mpii_gt_val.mat
+from posebh.evaluation._meta import result_meta
+
+__all__ = ["MPII_MAT_JOINTS", "PCKH_GROUPS", "load_mpii_gt", "mpii_gt_arrays", "pckh"]
+
+#: Joint short names of ``mpii_gt_val.mat`` ``dataset_joints``, in MPII order.
+MPII_MAT_JOINTS = (
+    "rank", "rkne", "rhip", "lhip", "lkne", "lank", "pelv", "thor",
+    "neck", "head", "rwri", "relb", "rsho", "lsho", "lelb", "lwri",
+)  # fmt: skip
+
+#: Reported groups: name -> the short names averaged (each with weight 1/2, Head alone).
+PCKH_GROUPS: Mapping[str, tuple[str, ...]] = {
+    "Head": ("head",),
+    "Shoulder": ("lsho", "rsho"),
+    "Elbow": ("lelb", "relb"),
+    "Wrist": ("lwri", "rwri"),
+    "Hip": ("lhip", "rhip"),
+    "Knee": ("lkne", "rkne"),
+    "Ankle": ("lank", "rank"),
+}
+
+_SC_BIAS = 0.6
+
+
+def _joint_names(raw: Any) -> list[str]:
+    """16 joint names from a list of strings or loadmat's nested cell/char arrays."""
+    names = []
+    for x in np.asarray(raw, dtype=object).reshape(-1):
+        while isinstance(x, np.ndarray):
+            x = x.reshape(-1)[0] if x.size else ""
+        names.append(str(x).strip())
+    if sorted(names) != sorted(MPII_MAT_JOINTS):
+        raise ValueError(f"dataset_joints {names} are not the 16 MPII joint names")
+    return names
+
+
+def mpii_gt_arrays(joints: Any, headboxes: Any, visible: Any) -> dict[str, np.ndarray]:
+    """The ``.mat`` layout from sample-major arrays.
+
+    Args:
+        joints: ``[N, 16, 2]`` GT joints in the ``.mat`` convention (1-based pixels).
+        headboxes: ``[N, 2, 2]`` head box ``[corner, (x, y)]``.
+        visible: ``[N, 16]`` truthy where the joint is annotated.
+    """
+    joints = np.asarray(joints, dtype=np.float64)
+    headboxes = np.asarray(headboxes, dtype=np.float64)
+    visible = np.asarray(visible).astype(bool)
+    return {
+        "pos_gt_src": np.transpose(joints, (1, 2, 0)),
+        "headboxes_src": np.transpose(headboxes, (1, 2, 0)),
+        "jnt_missing": (~visible).T.astype(np.uint8),
+    }
+
+
+def pckh(
+    pred: Any,
+    gt: str | os.PathLike | Mapping[str, Any],
+    *,
+    thr: float = 0.5,
+    inclusive: bool = True,
+) -> dict[str, Any]:
+    """MPII PCKh@thr and PCKh@0.1 with the per-group table.
+
+    Args:
+        pred: ``[N, 16, ≥2]`` 0-based predictions, in the ``.mat`` sample order.
+        gt: path to ``mpii_gt_val.mat`` or a mapping with its arrays (module docstring).
+        thr: the main threshold (0.5).
+        inclusive: ``True`` counts ``err/head <= thr`` (0.x), ``False`` ``< thr`` (1.x).
+
+    Returns:
+        ``{"Head", "Shoulder", "Elbow", "Wrist", "Hip", "Knee", "Ankle", "PCKh", "PCKh@0.1":
+        float (percent), "per_joint": [16], "per_joint_count": [16], "meta": dict}``. A joint
+        with no visible instance has per-joint PCKh NaN, as officially.
+    """
+    source = "<arrays>"
+    if isinstance(gt, (str, os.PathLike)):
+        source = os.fspath(gt)
+        gt = load_mpii_gt(gt)
+    pos_gt = np.asarray(gt["pos_gt_src"], dtype=np.float64)
+    headboxes = np.asarray(gt["headboxes_src"], dtype=np.float64)
+    jnt_missing = np.asarray(gt["jnt_missing"], dtype=np.float64)
+    raw_names = gt.get("dataset_joints")
+    names = list(MPII_MAT_JOINTS) if raw_names is None else _joint_names(raw_names)
+    pred = np.asarray(pred)
+    n = pos_gt.shape[2] if pos_gt.ndim == 3 else -1
+    if (
+        pos_gt.shape != (16, 2, n)
+        or headboxes.shape != (2, 2, n)
+        or jnt_missing.shape != (16, n)
+        or pred.shape[:2] != (n, 16)
+        or pred.shape[2] < 2
+    ):
+        raise ValueError(
+            f"pckh: shapes pred {pred.shape}, pos_gt_src {pos_gt.shape}, headboxes_src "
+            f"{headboxes.shape}, jnt_missing {jnt_missing.shape} do not describe 16 joints"
+        )
+    idx = {name: names.index(name) for name in MPII_MAT_JOINTS}
+
+    pos_pred = np.transpose(pred[..., :2] + 1.0, [1, 2, 0])
+    jnt_visible = 1 - jnt_missing
+    uv_err = np.linalg.norm(pos_pred - pos_gt, axis=1)
+    headsizes = np.linalg.norm(headboxes[1, :, :] - headboxes[0, :, :], axis=0) * _SC_BIAS
+    scale = headsizes * np.ones((len(uv_err), 1), dtype=np.float32)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        scaled = uv_err / scale * jnt_visible
+        jnt_count = np.sum(jnt_visible, axis=1)
+
+        def pck_at(t: float) -> np.ndarray:
+            hit = (scaled <= t) if inclusive else (scaled < t)
+            return 100.0 * np.sum(hit * jnt_visible, axis=1) / jnt_count
+
+        per_joint = pck_at(thr)
+        thr01 = np.arange(0, 0.5 + 0.01, 0.01)[10]
+        per_joint01 = pck_at(thr01).astype(np.float32)
+
+    masked = np.zeros(16, dtype=bool)
+    masked[[idx["pelv"], idx["thor"]]] = True
+    count = np.ma.array(jnt_count, mask=masked)
+    ratio = count / np.sum(count).astype(np.float64)
+    out: dict[str, Any] = {}
+    for group, members in PCKH_GROUPS.items():
+        vals = [per_joint[idx[m]] for m in members]
+        out[group] = float(vals[0] if len(vals) == 1 else 0.5 * (vals[0] + vals[1]))
+    out["PCKh"] = float(np.sum(np.ma.array(per_joint, mask=masked) * ratio))
+    out["PCKh@0.1"] = float(np.sum(np.ma.array(per_joint01, mask=masked) * ratio))
+    out["per_joint"] = [float(v) for v in per_joint]
+    out["per_joint_count"] = [int(c) for c in jnt_count]
+    out["meta"] = result_meta(
+        "mpii_pckh",
+        extra_libraries=("scipy",) if source != "<arrays>" else (),
+        gt=source,
+        thr=thr,
+        thr_low=float(thr01),
+        inclusive=inclusive,
+        sc_bias=_SC_BIAS,
+        excluded_from_mean=["pelv", "thor"],
+        num_instances=int(n),
+        pred_plus_one=True,
+    )
+    return out
