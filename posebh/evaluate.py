@@ -177,8 +177,14 @@ def predict(
     has_experts = getattr(model.backbone, "num_experts", 0) > 0
     device = torch.device(device) if device is not None else next(model.parameters()).device
     model = model.eval().to(device)
+    size: dict[str, Any] = {}
+    cfg = getattr(model, "config", None)
+    if cfg is not None and hasattr(cfg, "img_size"):
+        # Crop at the model's input size (the pipeline speaks (w, h), the config (h, w)).
+        (h, w), (hh, hw) = cfg.img_size, cfg.heatmap_size
+        size = {"image_size": (w, h), "heatmap_size": (hw, hh)}
     pipeline = per_dataset_pipeline(
-        protocol.dataset, train=False, max_num_joints=None, use_udp=protocol.use_udp
+        protocol.dataset, train=False, max_num_joints=None, use_udp=protocol.use_udp, **size
     )
     data = TopDownDataset(instances, skeleton, pipeline, dataset_idx=expert)
     loader = DataLoader(

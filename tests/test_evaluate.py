@@ -188,3 +188,13 @@ def test_cli_eval_ground_truth_mode(fixtures_dir: Path, tmp_path: Path) -> None:
     saved = json.loads((tmp_path / "metrics.json").read_text())
     assert saved["metrics"]["AP"] == pytest.approx(1.0, abs=1e-12)
     assert saved["meta"]["protocol"]["use_area"] is False
+
+
+def test_reduced_input_size_model(fixtures_dir: Path) -> None:
+    """A model trained at 128×96 is evaluated on 128×96 crops (its own input size)."""
+    torch.manual_seed(0)
+    small = build_model("posebh_vit_small", **TINY, img_size=(128, 96)).eval()
+    assert small.config.heatmap_size == (32, 24)
+    result = evaluate(small, spec(fixtures_dir, "ochuman"), log=None, progress=False)
+    assert result.meta["instances"] == 5
+    assert -1.0 <= result.metrics["AP"] <= 1.0
