@@ -13,13 +13,13 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Iterator
-from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
 import torch
+from conftest import write_error_table
 
 from posebh.decode import (
     DECODE_DEFAULTS,
@@ -48,17 +48,8 @@ MAX_ERRORS: dict[str, float] = {}
 
 @pytest.fixture(scope="module", autouse=True)
 def _report_max_errors(request: pytest.FixtureRequest) -> Iterator[None]:
-    """Write MAX_ERRORS to the terminal once the module's tests are done (-s not needed)."""
     yield
-    reporter = request.config.pluginmanager.get_plugin("terminalreporter")
-    capture = request.config.pluginmanager.get_plugin("capturemanager")
-    if reporter is None or not MAX_ERRORS:
-        return
-    lines = ["", "posebh.decode golden max |error| per case:"]
-    lines += [f"  {case:<44s} {err:.3g}" for case, err in MAX_ERRORS.items()]
-    with capture.global_and_fixture_disabled() if capture is not None else nullcontext():
-        for line in lines:
-            reporter.write_line(line)
+    write_error_table(request, "posebh.decode golden max |error| per case:", MAX_ERRORS)
 
 
 def _record(case: str, got: Any, want: Any, tol: float) -> float:

@@ -19,13 +19,13 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Iterator
-from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
 import torch
+from conftest import write_error_table
 
 from posebh import decode
 from posebh.targets import (
@@ -59,17 +59,10 @@ _CROP_STATS: dict[str, tuple[int, float]] = {}
 
 @pytest.fixture(scope="module", autouse=True)
 def _report_max_errors(request: pytest.FixtureRequest) -> Iterator[None]:
-    """Write MAX_ERRORS to the terminal once the module's tests are done (-s not needed)."""
     yield
-    reporter = request.config.pluginmanager.get_plugin("terminalreporter")
-    capture = request.config.pluginmanager.get_plugin("capturemanager")
-    if reporter is None or not MAX_ERRORS:
-        return
-    lines = ["", "posebh.transforms / targets golden max |error| per key:"]
-    lines += [f"  {key:<44s} {err}" for key, err in MAX_ERRORS.items()]
-    with capture.global_and_fixture_disabled() if capture is not None else nullcontext():
-        for line in lines:
-            reporter.write_line(line)
+    write_error_table(
+        request, "posebh.transforms / targets golden max |error| per key:", MAX_ERRORS
+    )
 
 
 def _record(key: str, got: Any, want: Any, tol: float) -> float:
