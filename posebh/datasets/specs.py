@@ -284,7 +284,9 @@ def default_spec(
         raise DatasetError(
             f"{name} has no detection file in the official configs. Fix: use_gt_bbox=True."
         )
-    if name == "mpii":
+    if name == "mpii" and split != "train":
+        # Head boxes (PCKh) exist for the evaluation records only; mpii_gt_val.mat does not
+        # describe the training list.
         fields["gt_file"] = str(mpii_gt_file(root / ann))
     return DatasetSpec(
         name=name,
