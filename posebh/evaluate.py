@@ -30,8 +30,9 @@ from tabulate import tabulate
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
+from posebh import ops
 from posebh.datasets import DatasetSpec, Instance, ReadSummary, default_spec, read_dataset
-from posebh.decode import DECODE_DEFAULTS, decode_heatmaps, flip_test_merge
+from posebh.decode import DECODE_DEFAULTS
 from posebh.evaluation import (
     auc,
     epe,
@@ -167,6 +168,7 @@ def predict(
     device: str | torch.device | None = None,
     num_workers: int = 0,
     progress: bool = True,
+    decode_backend: str = "auto",
 ) -> list[dict[str, Any]]:
     """Keypoints of every instance: ``[{"keypoints": [K, 3] (x, y, score), "center",
     "scale", "area", "score" (box score), "image_id", "category_id", "index"}]``."""
@@ -200,22 +202,28 @@ def predict(
         images = batch["img"].to(device)
         route = batch["dataset_idx"].to(device) if has_experts else None
         heatmaps = model(images, route, heads=[head]).heatmaps[head]
+        flipped = None
         if protocol.flip_test:
-            flipped = model(images.flip(3), route, heads=[head]).heatmaps[head]
-            heatmaps = flip_test_merge(
-                heatmaps, flipped, skeleton.flip_indices, protocol.shift_heatmap
-            )
+            flipped = model(images.flip(3), route, heads=[head]).heatmaps[head].cpu()
         metas = batch["img_metas"]
         center = np.stack([m["center"] for m in metas]).astype(np.float32)
         scale = np.stack([m["scale"] for m in metas]).astype(np.float32)
-        preds, maxvals = decode_heatmaps(
-            heatmaps.float().cpu().numpy(),
+        # The fused op merges the flipped maps (flip_back, shift, average) and decodes in one
+        # pass; "torch" selects the NumPy reference (posebh.decode) for debugging.  Maps go
+        # to the CPU: the GPU kernels are compile-checked only so far.
+        preds, maxvals = ops.decode_heatmaps(
+            heatmaps.cpu(),
             center,
             scale,
+            flipped=flipped,
+            flip_indices=skeleton.flip_indices,
+            shift=protocol.shift_heatmap,
             post_process=protocol.post_process,
             use_udp=protocol.use_udp,
             kernel=protocol.kernel,
+            backend=decode_backend,
         )
+        preds, maxvals = preds.numpy(), maxvals.float().numpy()
         for i, m in enumerate(metas):
             out.append(
                 {
@@ -404,6 +412,7 @@ def evaluate(
     out_dir: str | os.PathLike[str] | None = None,
     checkpoint: str | None = None,
     progress: bool = True,
+    decode_backend: str = "auto",
     log: Callable[[str], None] | None = print,
 ) -> EvalResult:
     """Evaluate ``model`` on ``dataset`` (a name under ``data_root``'s official layout, or a
@@ -445,6 +454,7 @@ def evaluate(
             device=device,
             num_workers=num_workers,
             progress=progress,
+            decode_backend=decode_backend,
         )
     metrics, records = compute_metrics(predictions, instances, spec, protocol)
     meta = {
@@ -460,6 +470,7 @@ def evaluate(
         "read_summary": _summary_dict(summary),
         "protocol": dataclasses.asdict(protocol),
         "predictions_from": "ground truth" if gt_as_prediction else "model",
+        "decode_backend": None if gt_as_prediction else decode_backend,
         "checkpoint": checkpoint,
         "model_config": _model_config(model)
         if model is not None and not gt_as_prediction

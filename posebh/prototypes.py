@@ -406,12 +406,28 @@ class KeypointPrototypes(nn.Module):
         """Clamped class scores [N, K] of dataset ``dataset`` (K = J for ``-1``)."""
         return prototype_class_scores(embeddings, self.prototypes)[:, self.class_slice(dataset)]
 
-    def heatmaps(self, embeddings: Tensor, dataset: int = -1) -> Tensor:
+    #: Backend of :meth:`heatmaps` when none is passed: "auto" (the fused kernels of
+    #: :func:`posebh.ops.prototype_similarity` where available) or "torch" to force the
+    #: reference :func:`prototype_similarity_heatmaps`; settable per instance.
+    heatmap_backend: str = "auto"
+
+    def heatmaps(
+        self, embeddings: Tensor, dataset: int = -1, *, backend: str | None = None
+    ) -> Tensor:
         """Prototype heatmaps [B, K, H, W] of embedding maps [B, F, H, W].
 
-        ``heatmaps(x, d)`` equals ``heatmaps(x, -1)[:, class_slice(d)]`` bit for bit.
+        ``heatmaps(x, d)`` equals ``heatmaps(x, -1)[:, class_slice(d)]`` bit for bit. Runs
+        :func:`posebh.ops.prototype_similarity` with ``backend`` (default
+        :attr:`heatmap_backend`).
         """
-        return prototype_similarity_heatmaps(embeddings, self.prototypes, self.class_slice(dataset))
+        from posebh import ops  # deferred: posebh.ops imports this module
+
+        return ops.prototype_similarity(
+            embeddings,
+            self.prototypes,
+            self.class_slice(dataset),
+            backend=backend or self.heatmap_backend,
+        )
 
     def forward(self, embeddings: Tensor, dataset: int = -1) -> Tensor:
         """Alias of :meth:`heatmaps`."""

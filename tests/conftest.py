@@ -8,8 +8,6 @@ under CI (``CI=true``), where a missing folder is an error: a green run must not
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
-from contextlib import nullcontext
 from pathlib import Path
 
 import pytest
@@ -41,19 +39,3 @@ def golden_dir(shared_dir: Path) -> Path:
 @pytest.fixture(scope="session")
 def fixtures_dir(shared_dir: Path) -> Path:
     return shared_dir / "data" / "mmpose_testdata"
-
-
-def write_error_table(request: pytest.FixtureRequest, title: str, errors: Mapping) -> None:
-    """Print a golden-comparison table (case → max |error|) to the terminal after a module's
-    tests, without needing ``-s``: the errors reached are part of what the suite reports."""
-    reporter = request.config.pluginmanager.get_plugin("terminalreporter")
-    capture = request.config.pluginmanager.get_plugin("capturemanager")
-    if reporter is None or not errors:
-        return
-    def fmt(err: object) -> str:
-        return f"{err:.3g}" if isinstance(err, float) else str(err)
-
-    lines = ["", title] + [f"  {case:<44s} {fmt(err)}" for case, err in errors.items()]
-    with capture.global_and_fixture_disabled() if capture is not None else nullcontext():
-        for line in lines:
-            reporter.write_line(line)

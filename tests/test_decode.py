@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
-from conftest import write_error_table
+from golden_report import write_error_table
 
 from posebh.decode import (
     DECODE_DEFAULTS,

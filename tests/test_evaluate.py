@@ -198,3 +198,17 @@ def test_reduced_input_size_model(fixtures_dir: Path) -> None:
     result = evaluate(small, spec(fixtures_dir, "ochuman"), log=None, progress=False)
     assert result.meta["instances"] == 5
     assert -1.0 <= result.metrics["AP"] <= 1.0
+
+
+def test_decode_backends_agree_through_predict(fixtures_dir: Path, tiny_model) -> None:
+    """The fused decode (auto: the C++ op here) and the NumPy reference give the same
+    keypoints through the whole evaluation path."""
+    from posebh.datasets import read_dataset
+
+    instances, _ = read_dataset(spec(fixtures_dir, "coco"))
+    proto = default_protocol("coco")
+    fused = predict(tiny_model, instances, proto, progress=False, decode_backend="auto")
+    ref = predict(tiny_model, instances, proto, progress=False, decode_backend="torch")
+    for a, b in zip(fused, ref, strict=True):
+        np.testing.assert_allclose(a["keypoints"][:, :2], b["keypoints"][:, :2], atol=1e-3)
+        np.testing.assert_allclose(a["keypoints"][:, 2], b["keypoints"][:, 2], atol=1e-6)

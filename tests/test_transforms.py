@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
-from conftest import write_error_table
+from golden_report import write_error_table
 
 from posebh import decode
 from posebh.targets import (
