@@ -37,8 +37,6 @@ in float32 (with a flipped map they are merged in their own dtype first, as the 
 
 from __future__ import annotations
 
-import functools
-import os
 from collections.abc import Sequence
 from typing import Any
 
@@ -111,23 +109,11 @@ def cpu_isa() -> str | None:
 # ------------------------------------------------------------------------------------------
 
 
-@functools.cache
 def _triton_module() -> tuple[Any | None, str]:
-    """The Triton decode module (or None) and why not; imported once per process."""
-    try:
-        import triton  # noqa: F401
-    except Exception as exc:  # ImportError, or a broken install
-        return None, f"triton cannot be imported ({type(exc).__name__}: {exc})"
-    try:
-        extensions.kernels_package()
-        from posebh_kernels import decode_heatmaps as module
-    except Exception as exc:
-        return None, f"the Triton kernel cannot be imported ({type(exc).__name__}: {exc})"
-    return module, ""
+    return extensions.triton_kernels("decode_heatmaps")
 
 
-def _interpret_env() -> bool:
-    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+_interpret_env = extensions.triton_interpret
 
 
 # ------------------------------------------------------------------------------------------

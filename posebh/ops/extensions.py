@@ -30,6 +30,7 @@ Registering an extension (done by the op module that owns it)::
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import importlib
 import importlib.util
@@ -43,7 +44,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 
@@ -272,3 +273,24 @@ def build_extensions(verbose: bool = True) -> dict[str, ExtensionState]:
             print(f"{name}: {st.status} in {st.seconds:.1f} s: {st.reason}")
         out[name] = st
     return out
+
+
+@functools.cache
+def triton_kernels(module: str) -> tuple[Any | None, str]:
+    """The Triton kernel module ``posebh_kernels.<module>`` (or None) and why not; imported
+    once per process, so a broken Triton install costs one attempt."""
+    try:
+        import triton  # noqa: F401
+    except Exception as exc:  # ImportError, or a broken install
+        return None, f"triton cannot be imported ({type(exc).__name__}: {exc})"
+    try:
+        kernels_package()
+        loaded = importlib.import_module(f"posebh_kernels.{module}")
+    except Exception as exc:
+        return None, f"the Triton kernels cannot be imported ({type(exc).__name__}: {exc})"
+    return loaded, ""
+
+
+def triton_interpret() -> bool:
+    """Whether ``TRITON_INTERPRET`` asks for the Triton interpreter (CPU tensors)."""
+    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")

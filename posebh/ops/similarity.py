@@ -35,9 +35,7 @@ Conventions shared by every backend (and tested):
 
 from __future__ import annotations
 
-import functools
-import os
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import torch
 from torch import Tensor
@@ -173,23 +171,11 @@ def cpu_isa() -> str | None:
 # ------------------------------------------------------------------------------------------
 
 
-@functools.cache
-def _triton_module() -> tuple[object | None, str]:
-    """The Triton kernels module (or None) and why not; imported once per process."""
-    try:
-        import triton  # noqa: F401
-    except Exception as exc:  # ImportError, or a broken install
-        return None, f"triton cannot be imported ({type(exc).__name__}: {exc})"
-    try:
-        extensions.kernels_package()
-        from posebh_kernels import prototype_similarity as module
-    except Exception as exc:
-        return None, f"the Triton kernels cannot be imported ({type(exc).__name__}: {exc})"
-    return module, ""
+def _triton_module() -> tuple[Any | None, str]:
+    return extensions.triton_kernels("prototype_similarity")
 
 
-def _interpret_env() -> bool:
-    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+_interpret_env = extensions.triton_interpret
 
 
 def _triton_check(info: CallInfo) -> str | None:
