@@ -12,7 +12,17 @@ Loss of one step (official ``TopDownMoEProto.forward_train`` + ``KptProtoHead.ge
 * ``css`` while CSS is on (:func:`posebh.css.css_loss`), which moves the prototypes too;
 * then the prototypes are averaged across ranks once.
 
-The total is the plain sum; the weights live inside each term, as in the release.
+The total is the plain sum; the weights live inside each term, as in the release.  Heads
+that no training dataset maps to (a ``--datasets`` subset) are left out of the total, so
+AdamW's weight decay does not erode them.
+
+Departures from the release, none of which changes a loss value:
+
+* without CSS only each image's own class block of the prototype heatmaps is computed;
+* DDP runs without buffer broadcast as the release, and the BatchNorm statistics (which
+  only evaluation reads) are averaged over ranks at every checkpoint, so all ranks and the
+  saved file agree;
+* a non-finite CSS term skips CSS for that step (the release exits).
 
 Determinism: every step reseeds the global generators from (seed, step, rank) and draws its
 samples from :class:`~posebh.training.data.StepSampler` (pure in (seed, step, rank)), so the
@@ -50,7 +60,7 @@ from tqdm import tqdm
 from posebh.cli import save_atomically
 from posebh.cps import ClusterPrototypes, choose_num_clusters, cps_loss
 from posebh.css import css_loss
-from posebh.datasets import DatasetError, DatasetSpec, Instance, default_spec, read_dataset
+from posebh.datasets import DatasetError, DatasetSpec, default_spec, read_dataset
 from posebh.losses import JointsMSELoss, PixelPrototypeLoss, prototype_losses
 from posebh.models import PoseBH, build_model
 from posebh.pipeline import (
@@ -354,6 +364,7 @@ class Trainer:
         self.state = StageState()
         self.ddp: nn.Module = self.model
         self.cluster_info: dict[str, Any] | None = None
+        self._css_warned = False
 
     # ---------------------------------------------------------------- set-up
 
@@ -533,7 +544,7 @@ class Trainer:
             **sync,
         )
 
-    def _enter_state(self, state: StageState, fired: Sequence[Any] = ()) -> None:
+    def _enter_state(self, state: StageState) -> None:
         """Apply ``state`` (and run a pending CPS initialisation) before a step."""
         if state.cps and self.model.cluster_prototypes is None:
             self._cps_init()
@@ -783,8 +794,23 @@ class Trainer:
                 criterion=self.proto_criterion,
                 heatmap_criterion=self.mse,
             )
-            total = total + c["css"]
-            logs["css"] = c["css"].detach()
+            # A pseudo label can come out non-finite (a degenerate sub-pixel refinement of a
+            # joint that is not even kept poisons its zero-weight map: NaN · 0); the release
+            # stops training there.  Here the step goes on without CSS and says so once —
+            # the prototypes are frozen while CSS runs, so nothing else is touched.
+            skipped = not bool(torch.isfinite(c["css"]))
+            if skipped:
+                if not self._css_warned:
+                    self.log(
+                        f"warning: non-finite CSS loss at step {self.step} "
+                        f"({_fmt_logs({k: v for k, v in c.items() if k != 'css'})}); "
+                        "CSS is skipped for such steps (counted as css_skipped in log.jsonl)"
+                    )
+                    self._css_warned = True
+            else:
+                total = total + c["css"]
+            logs["css"] = c["css"].detach() if not skipped else total.new_zeros(())
+            logs["css_skipped"] = total.new_tensor(float(skipped))
             logs["css_pseudo_labels"] = c["css_pseudo_labels"].to(total.dtype)
         # One cross-rank average per step, after every update of the step (the release's
         # all_reduce at the end of get_loss); a no-op on one rank or when frozen.
@@ -1055,7 +1081,7 @@ class Trainer:
                 fired = events_at(cfg.events, step, cfg.unit, self.steps_per_epoch)
                 if fired and step > start:
                     new = stage_at(cfg.events, step, cfg.unit, self.steps_per_epoch)
-                    self._enter_state(new, fired)
+                    self._enter_state(new)
                 if fired:
                     self.log(
                         f"step {step} (epoch {step / self.steps_per_epoch:.4g}): "
@@ -1253,7 +1279,3 @@ def _jsonable(obj: Any) -> Any:
     if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
         return _jsonable(dataclasses.asdict(obj))
     return obj
-
-
-# Keep Instance importable from here for type users of the dataset list.
-_ = Instance
