@@ -97,7 +97,7 @@ def _batch(trainer: Trainer, batch: int) -> dict[str, torch.Tensor]:
     g = torch.Generator().manual_seed(0)
     h, w = trainer.model.config.img_size
     hh, hw = trainer.model.config.heatmap_size
-    k = trainer.max_joints
+    k = max(head.num_keypoints for head in trainer.model.heads)
     target = torch.zeros(batch, k, hh, hw)
     ys = torch.randint(2, hh - 2, (batch, k), generator=g)
     xs = torch.randint(2, hw - 2, (batch, k), generator=g)
@@ -117,7 +117,9 @@ def _batch(trainer: Trainer, batch: int) -> dict[str, torch.Tensor]:
 
 
 def _heaviest_stage(trainer: Trainer) -> None:
-    """Stage 3 of the PoseBH schedule: everything but the bank trains, CPS and CSS on."""
+    """Stage 3 of the PoseBH schedule: everything but the bank trains, CPS and CSS on,
+    with the heatmap loss of all six heads (the fake data root holds COCO only)."""
+    trainer.names_of_head = {h: f"dataset{h}" for h in range(trainer.model.num_datasets)}
     trainer._enter_state(StageState(frozenset({"prototypes"}), css=True, cps=True))
     set_lr(trainer.optimizer, 1e-4, 1.0)
 
