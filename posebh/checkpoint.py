@@ -613,6 +613,16 @@ def _match(model: nn.Module, ckpt: StateDict, strict: bool) -> tuple[StateDict, 
     return usable, lines
 
 
+def trained_num_heads(checkpoint: object) -> int | None:
+    """``meta.posebh_train.num_heads`` of a checkpoint dict written by posebh's trainer."""
+    if not isinstance(checkpoint, Mapping):
+        return None
+    meta = checkpoint.get("meta")
+    train = meta.get("posebh_train") if isinstance(meta, Mapping) else None
+    heads = train.get("num_heads") if isinstance(train, Mapping) else None
+    return int(heads) if isinstance(heads, int) else None
+
+
 def load_official(
     path_or_state_dict: Source,
     *,
@@ -655,7 +665,15 @@ def load_official(
 
     if split_quirks not in ("ignore", "error"):
         raise ValueError(f"split_quirks must be 'ignore' or 'error', got {split_quirks!r}")
-    sd = read_state_dict(path_or_state_dict)
+    source = path_or_state_dict
+    if isinstance(source, (str, os.PathLike)) and not os.fspath(source).endswith(".safetensors"):
+        source = _torch_load(os.fspath(source))
+    # Checkpoints written by posebh's trainer record the one architecture field the tensors
+    # cannot tell (attention heads of a non-preset width) in their meta.
+    heads = trained_num_heads(source)
+    if heads is not None and "num_heads" not in arch:
+        arch["num_heads"] = heads
+    sd = read_state_dict(source)
     if is_posebh_naming(sd):  # a PoseBH.state_dict() saved by this package
         sd = to_official(sd)
     if dataset is not None:

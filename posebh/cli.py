@@ -26,6 +26,11 @@ examples:
   posebh convert vitpose+_base.pth hf_weights.pth --to hf
   posebh train --preset vitpose_plus_tiny_synth --data-root data --work-dir work/vitpose
   posebh synth --out data_synth --preset mini --seed 0
+  posebh reproduce table1
+  posebh reproduce table1 --data-root data --weights weights
+  posebh visualize --dataset coco --data-root data --checkpoint work/posebh/final.pth
+  posebh visualize --dataset aic --data-root data_synth --gt --num-images 4
+  posebh bench -k "decode or similarity"
 """
 
 
@@ -258,6 +263,159 @@ def _add_synth(sub: argparse._SubParsersAction) -> None:
     syn.set_defaults(func=_cmd_synth)
 
 
+def _cmd_bench(args: argparse.Namespace) -> int:
+    from datetime import datetime, timezone
+
+    from posebh.bench import markdown_table, run_benchmarks, write_report
+
+    out = args.out or Path("results") / "bench" / datetime.now(timezone.utc).strftime(
+        "%Y%m%dT%H%M%SZ"
+    )
+    report = run_benchmarks(
+        out, select=args.k, benchmarks_dir=args.benchmarks, disable=args.disable
+    )
+    files = write_report(report, out)
+    print(f"\n{report.source_line()}\n")
+    print(markdown_table(report))
+    print(f"\nwrote {', '.join(str(path) for path in files.values())}")
+    return 0 if report.returncode in (0, None) else int(report.returncode)
+
+
+def _add_bench(sub: argparse._SubParsersAction) -> None:
+    bench = sub.add_parser(
+        "bench",
+        help="run the benchmarks in benchmarks/ and write a report (JSON, Markdown, plot)",
+        description="Run the pytest-benchmark suites of the checkout's benchmarks/ folder in a "
+        "subprocess, then write OUT/bench.json (rows + commit, CPU, threads, versions), "
+        "OUT/bench.md (the table printed here) and OUT/bench.png (speed-up vs the reference "
+        "per case and backend, with the issue's targets), beside pytest-benchmark's own JSON.",
+        epilog='example: posebh bench -k "decode or similarity" --out results/bench/today',
+    )
+    bench.add_argument(
+        "--out", type=Path, default=None, help="default results/bench/<UTC timestamp>"
+    )
+    bench.add_argument("-k", default=None, metavar="EXPR", help="pytest -k selection")
+    bench.add_argument(
+        "--benchmarks",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="the benchmarks folder (default: benchmarks/ of the checkout posebh runs from)",
+    )
+    bench.add_argument(
+        "--disable",
+        action="store_true",
+        help="--benchmark-disable: run each benchmark once, untimed (smoke)",
+    )
+    bench.set_defaults(func=_cmd_bench)
+
+
+def _cmd_visualize(args: argparse.Namespace) -> int:
+    from posebh.skeletons import get_skeleton
+    from posebh.visualize import load_checkpoint, visualize_predictions, visualize_prototypes
+
+    if args.checkpoint is None and not args.gt:
+        raise ValueError(
+            "pass --checkpoint CKPT to draw a model's predictions, or --gt to draw the "
+            "annotations (no checkpoint needed)"
+        )
+    name = get_skeleton(args.dataset).name
+    dataset: object = name
+    if args.ann_file:
+        from posebh.datasets import DatasetSpec
+
+        dataset = DatasetSpec(
+            name=name,
+            ann_file=str(args.ann_file),
+            img_prefix=str(args.img_prefix or Path(args.ann_file).parent),
+            split=args.split,
+            source="command line",
+        )
+    out = args.out or Path("results") / "visualize" / f"{name}_{args.split}"
+    model = load_checkpoint(args.checkpoint, num_heads=args.num_heads) if args.checkpoint else None
+    written = [
+        visualize_predictions(
+            dataset,
+            out,
+            model=model,
+            data_root=args.data_root,
+            split=args.split,
+            num_images=args.num_images,
+            gt=args.gt,
+            device=args.device,
+            score_thr=args.score_thr,
+            log=print,
+        )
+    ]
+    if model is not None:
+        if getattr(model, "keypoint_prototypes", None) is not None:
+            written += visualize_prototypes(model, out, source=str(args.checkpoint))
+        else:
+            print(f"{args.checkpoint} has no keypoint prototypes: no prototype_similarity.*")
+    print(f"wrote {', '.join(str(p) for p in written)}")
+    return 0
+
+
+def _add_visualize(sub: argparse._SubParsersAction) -> None:
+    vis = sub.add_parser(
+        "visualize",
+        help="draw predicted (or ground-truth) keypoints on images; prototype similarity",
+        description="Draw keypoints on the first N images of a split: a checkpoint's "
+        "predictions (ground-truth boxes, the dataset's official evaluation protocol, as "
+        "posebh eval) or, with --gt, the annotations. Writes OUT/overlays_<dataset>.png and, "
+        "when the checkpoint has keypoint prototypes, OUT/prototype_similarity.png and "
+        "OUT/prototype_similarity.json (class-to-class max |cos| and its per-dataset summary).",
+        epilog="example: posebh visualize --dataset coco --data-root data_synth "
+        "--checkpoint work/posebh/final.pth --num-images 6",
+    )
+    vis.add_argument(
+        "--dataset",
+        required=True,
+        help="coco, aic, mpii, ap10k, apt36k, coco_wholebody, ochuman, interhand2d or pw3d",
+    )
+    vis.add_argument("--split", default="val", choices=("train", "val", "test"))
+    vis.add_argument("--data-root", type=Path, default=Path("data"))
+    vis.add_argument("--ann-file", type=Path, default=None, help="instead of the layout")
+    vis.add_argument("--img-prefix", type=Path, default=None)
+    vis.add_argument(
+        "--checkpoint",
+        type=Path,
+        default=None,
+        help="posebh train final.pth / model.pth, or an official checkpoint",
+    )
+    vis.add_argument("--num-heads", type=int, default=None, help="for a non-preset width")
+    vis.add_argument("--gt", action="store_true", help="draw the ground truth instead")
+    vis.add_argument("--num-images", type=int, default=6)
+    vis.add_argument("--score-thr", type=float, default=0.3, help="hide keypoints scoring below")
+    vis.add_argument("--device", default="cpu")
+    vis.add_argument(
+        "--out", type=Path, default=None, help="default results/visualize/<dataset>_<split>"
+    )
+    vis.set_defaults(func=_cmd_visualize)
+
+
+def _cmd_reproduce(args: argparse.Namespace) -> int:
+    from posebh.reproduce.cli import run
+
+    return run(args)
+
+
+def _add_reproduce(sub: argparse._SubParsersAction) -> None:
+    from posebh.reproduce.cli import EXAMPLES as REPRODUCE_EXAMPLES
+    from posebh.reproduce.cli import add_arguments
+
+    rep = sub.add_parser(
+        "reproduce",
+        help="reproduce a table of the paper (synthetic default, or real data and weights)",
+        description="Reproduce one table of the PoseBH paper/README: published values beside "
+        "measured ones, written to results/<table>/<run-id>/ as JSON, Markdown and plots.",
+        epilog=REPRODUCE_EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    add_arguments(rep)
+    rep.set_defaults(func=_cmd_reproduce)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="posebh",
@@ -374,6 +532,9 @@ def build_parser() -> argparse.ArgumentParser:
     conv.set_defaults(func=_cmd_convert)
     _add_train(sub)
     _add_synth(sub)
+    _add_visualize(sub)
+    _add_bench(sub)
+    _add_reproduce(sub)
     return parser
 
 

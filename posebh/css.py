@@ -31,7 +31,15 @@ embeddings at the pseudo-labelled pixels, summed over d and multiplied by 1e-3.
   still adds its heatmap terms).
 
 Sub-pixel predictions use the decode of the release in both modes: integer arg-max plus the
-DARK-UDP step with an 11×11 Gaussian (``_get_max_preds`` + ``post_dark_udp``).
+DARK-UDP step with an 11×11 Gaussian (``_get_max_preds`` + ``post_dark_udp``).  One departure
+from the release in both modes: where that step is not finite, the integer arg-max is used
+(:func:`finite_peaks`).  The step solves with the ε-regularised Hessian of the log-heatmap;
+at a peak on the map border the edge padding makes the outer neighbour equal the peak, so the
+diagonal entry is the one-sided difference plus ε, which is exactly 0 when the inner
+neighbour lies one float32 ulp below (a flat stretch along the border, common in prototype
+heatmaps), and the cross term vanishes at a corner: det = 0 and the step is ±inf or NaN.  The
+release then renders NaN into the joint's pseudo heatmap, which its zero weight does not
+cancel (NaN · 0 = NaN), and the loss of the whole step is NaN.
 """
 
 from __future__ import annotations
@@ -47,7 +55,7 @@ from posebh.losses import JointsMSELoss, PixelPrototypeLoss, sample_prototype_pi
 from posebh.prototypes import Compat, KeypointPrototypes
 from posebh.targets import heatmap_peaks, udp_gaussian_heatmaps
 
-__all__ = ["CSSTargets", "css_loss", "css_pseudo_targets", "peak_locations"]
+__all__ = ["CSSTargets", "css_loss", "css_pseudo_targets", "finite_peaks", "peak_locations"]
 
 _COMPATS = ("paper", "official")
 
@@ -99,6 +107,25 @@ def peak_locations(heatmaps: Tensor) -> Tensor:
     return torch.stack([x, y], dim=-1)
 
 
+def finite_peaks(xy: Tensor, heatmaps: Tensor) -> Tensor:
+    """``xy`` [N, K, 2] with every non-finite (x, y) pair replaced by the integer arg-max of
+    its map in ``heatmaps`` [N, K, H, W] (the first maximum in row-major order, as
+    ``_get_max_preds``; (−1, −1) where the maximum is not positive).
+
+    A refinement step that is not finite carries no information about the peak (module
+    docstring), so the peak it started from is kept; finite pairs pass through unchanged.
+    """
+    bad = ~torch.isfinite(xy).all(dim=-1)
+    if not bool(bad.any()):
+        return xy
+    flat = heatmaps.detach().flatten(2)
+    best, idx = flat.max(dim=2)
+    w = heatmaps.shape[-1]
+    arg = torch.stack([idx % w, torch.div(idx, w, rounding_mode="floor")], dim=-1).to(xy.dtype)
+    arg = torch.where((best > 0)[..., None], arg, torch.full_like(arg, -1.0))
+    return torch.where(bad[..., None], arg, xy)
+
+
 @torch.no_grad()
 def css_pseudo_targets(
     head_heatmaps: Tensor,
@@ -134,6 +161,10 @@ def css_pseudo_targets(
     h, w = head_heatmaps.shape[-2:]
     xy_h, conf_h = heatmap_peaks(head_heatmaps, refine)
     xy_p, conf_p = heatmap_peaks(proto_heatmaps, refine)
+    # A degenerate DARK-UDP step (a border peak, module docstring) would put ±inf / NaN into
+    # the pseudo keypoint and, through NaN · 0, into the loss of the whole step.
+    xy_h = finite_peaks(xy_h, head_heatmaps)
+    xy_p = finite_peaks(xy_p, proto_heatmaps)
 
     confident = (conf_h > conf_thr) & (conf_p > conf_thr)
     loc_h = peak_locations(head_heatmaps).to(torch.float32)

@@ -158,7 +158,7 @@ def _choose_head(model: torch.nn.Module, dataset: str, head: int | None) -> int:
 
 @torch.inference_mode()
 def predict(
-    model: torch.nn.Module,
+    model: torch.nn.Module | None,
     instances: Sequence[Instance],
     protocol: EvalProtocol,
     *,
@@ -169,24 +169,46 @@ def predict(
     num_workers: int = 0,
     progress: bool = True,
     decode_backend: str = "auto",
+    heatmap_oracle: bool = False,
 ) -> list[dict[str, Any]]:
     """Keypoints of every instance: ``[{"keypoints": [K, 3] (x, y, score), "center",
-    "scale", "area", "score" (box score), "image_id", "category_id", "index"}]``."""
+    "scale", "area", "score" (box score), "image_id", "category_id", "index"}]``.
+
+    ``heatmap_oracle=True`` (``model=None``) replaces the network's heatmaps by the target
+    heatmaps the evaluation crop's ground truth encodes to (the dataset's val encoding, at
+    the default 256×192 input), and decodes them exactly as model output, without the flip
+    test (a flipped oracle map would need the flipped crop's targets).  It checks the whole
+    crop → encode → decode → image-coordinates → metric chain without a trained model: a
+    correct chain scores close to the maximum, a broken decode does not.
+    """
     skeleton = get_skeleton(protocol.dataset)
-    head = _choose_head(model, protocol.dataset, head)
-    if expert is None:
-        expert = head
-    has_experts = getattr(model.backbone, "num_experts", 0) > 0
-    device = torch.device(device) if device is not None else next(model.parameters()).device
-    model = model.eval().to(device)
     size: dict[str, Any] = {}
-    cfg = getattr(model, "config", None)
-    if cfg is not None and hasattr(cfg, "img_size"):
-        # Crop at the model's input size (the pipeline speaks (w, h), the config (h, w)).
-        (h, w), (hh, hw) = cfg.img_size, cfg.heatmap_size
-        size = {"image_size": (w, h), "heatmap_size": (hw, hh)}
+    if heatmap_oracle:
+        if model is not None:
+            raise ValueError("heatmap_oracle=True replaces the model: pass model=None")
+        protocol = dataclasses.replace(protocol, flip_test=False)
+        expert = 0
+    else:
+        if model is None:
+            raise ValueError("predict() needs a model unless heatmap_oracle=True")
+        head = _choose_head(model, protocol.dataset, head)
+        if expert is None:
+            expert = head
+        has_experts = getattr(model.backbone, "num_experts", 0) > 0
+        device = torch.device(device) if device is not None else next(model.parameters()).device
+        model = model.eval().to(device)
+        cfg = getattr(model, "config", None)
+        if cfg is not None and hasattr(cfg, "img_size"):
+            # Crop at the model's input size (the pipeline speaks (w, h), the config (h, w)).
+            (h, w), (hh, hw) = cfg.img_size, cfg.heatmap_size
+            size = {"image_size": (w, h), "heatmap_size": (hw, hh)}
     pipeline = per_dataset_pipeline(
-        protocol.dataset, train=False, max_num_joints=None, use_udp=protocol.use_udp, **size
+        protocol.dataset,
+        train=False,
+        max_num_joints=None,
+        use_udp=protocol.use_udp,
+        with_target=heatmap_oracle,
+        **size,
     )
     data = TopDownDataset(instances, skeleton, pipeline, dataset_idx=expert)
     loader = DataLoader(
@@ -199,11 +221,14 @@ def predict(
     out: list[dict[str, Any]] = []
     bar = tqdm(loader, desc=f"eval {protocol.dataset}", unit="batch", disable=not progress)
     for batch in bar:
-        images = batch["img"].to(device)
-        route = batch["dataset_idx"].to(device) if has_experts else None
-        heatmaps = model(images, route, heads=[head]).heatmaps[head]
         flipped = None
-        if protocol.flip_test:
+        if heatmap_oracle:
+            heatmaps = batch["target"]
+        else:
+            images = batch["img"].to(device)
+            route = batch["dataset_idx"].to(device) if has_experts else None
+            heatmaps = model(images, route, heads=[head]).heatmaps[head]
+        if protocol.flip_test and not heatmap_oracle:
             flipped = model(images.flip(3), route, heads=[head]).heatmaps[head].cpu()
         metas = batch["img_metas"]
         center = np.stack([m["center"] for m in metas]).astype(np.float32)
@@ -305,8 +330,14 @@ def compute_metrics(
     instances: Sequence[Instance],
     spec: DatasetSpec,
     protocol: EvalProtocol,
+    *,
+    score: bool = True,
 ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-    """Score predictions under the protocol; returns (metrics, the records that were scored)."""
+    """Score predictions under the protocol; returns (metrics, the records that were scored).
+
+    ``score=False`` (a split without public keypoints, COCO test-dev) stops after rescoring
+    and NMS: the records are the server submission, the metrics only count them.
+    """
     name = protocol.dataset
     skeleton = get_skeleton(name)
     if protocol.metric in ("oks", "wholebody"):
@@ -322,6 +353,8 @@ def compute_metrics(
             use_nms=protocol.use_nms,
         )
         records = _coco_records([p for ps in kept.values() for p in ps], name)
+        if not score:
+            return {"submission": {"results": len(records), "images": len(kept)}}, records
         if protocol.metric == "wholebody":
             return wholebody_eval(spec.ann_file, records), records
         stats = oks_eval(
@@ -409,6 +442,8 @@ def evaluate(
     device: str | torch.device | None = None,
     num_workers: int = 0,
     gt_as_prediction: bool = False,
+    heatmap_oracle: bool = False,
+    submission_only: bool = False,
     out_dir: str | os.PathLike[str] | None = None,
     checkpoint: str | None = None,
     progress: bool = True,
@@ -418,20 +453,26 @@ def evaluate(
     """Evaluate ``model`` on ``dataset`` (a name under ``data_root``'s official layout, or a
     :class:`DatasetSpec`) and return the metrics with their provenance.
 
-    ``model=None`` requires ``gt_as_prediction=True``.  The ``protocol`` defaults to the
-    dataset's official one; ``head``/``expert`` default to the dataset's training index (or
-    0 for a single-head model).
+    ``model=None`` requires ``gt_as_prediction=True`` (ground-truth keypoints as predictions)
+    or ``heatmap_oracle=True`` (ground-truth target heatmaps decoded, see :func:`predict`);
+    both use the GT boxes.  ``submission_only`` (COCO test-dev, whose keypoints are not
+    public): no metrics; ``predictions.json`` is the file to upload to the evaluation server.
+    The ``protocol`` defaults to the dataset's official one; ``head``/``expert`` default to
+    the dataset's training index (or 0 for a single-head model).
     """
     start = time.perf_counter()
+    if gt_as_prediction and heatmap_oracle:
+        raise ValueError("pass gt_as_prediction or heatmap_oracle, not both")
+    oracle = gt_as_prediction or heatmap_oracle
     if isinstance(dataset, DatasetSpec):
         spec = dataset
     else:
         name = get_skeleton(dataset).name
         spec = default_spec(
-            name, split, data_root, use_gt_bbox=True if gt_as_prediction else use_gt_bbox
+            name, split, data_root, use_gt_bbox=True if oracle else use_gt_bbox
         )
     name = get_skeleton(spec.name).name
-    if gt_as_prediction and not spec.use_gt_bbox:
+    if oracle and not spec.use_gt_bbox:
         spec = dataclasses.replace(spec, use_gt_bbox=True, det_file=None)
     protocol = protocol or default_protocol(name)
     instances, summary = read_dataset(spec)
@@ -441,8 +482,10 @@ def evaluate(
         raise ValueError(f"{spec.ann_file}: no instances to evaluate ({summary})")
     if gt_as_prediction:
         predictions = ground_truth_predictions(instances)
-    elif model is None:
-        raise ValueError("evaluate() needs a model unless gt_as_prediction=True")
+    elif model is None and not heatmap_oracle:
+        raise ValueError(
+            "evaluate() needs a model unless gt_as_prediction=True or heatmap_oracle=True"
+        )
     else:
         predictions = predict(
             model,
@@ -455,8 +498,13 @@ def evaluate(
             num_workers=num_workers,
             progress=progress,
             decode_backend=decode_backend,
+            heatmap_oracle=heatmap_oracle,
         )
-    metrics, records = compute_metrics(predictions, instances, spec, protocol)
+    if submission_only and protocol.metric not in ("oks", "wholebody"):
+        raise ValueError(f"submission_only applies to COCO-format splits, not {name}")
+    metrics, records = compute_metrics(
+        predictions, instances, spec, protocol, score=not submission_only
+    )
     meta = {
         "dataset": name,
         "split": spec.split or split,
@@ -469,7 +517,11 @@ def evaluate(
         "instances": len(instances),
         "read_summary": _summary_dict(summary),
         "protocol": dataclasses.asdict(protocol),
-        "predictions_from": "ground truth" if gt_as_prediction else "model",
+        "predictions_from": "ground truth"
+        if gt_as_prediction
+        else "ground-truth target heatmaps, decoded (no flip test)"
+        if heatmap_oracle
+        else "model",
         "decode_backend": None if gt_as_prediction else decode_backend,
         "checkpoint": checkpoint,
         "model_config": _model_config(model)

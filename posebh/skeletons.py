@@ -35,6 +35,7 @@ __all__ = [
     "OCHUMAN",
     "PW3D",
     "SKELETONS",
+    "SKELETON_LINKS",
     "TOTAL_TRAINING_KEYPOINTS",
     "TRAINING_SKELETONS",
     "Skeleton",
@@ -526,6 +527,72 @@ SKELETONS: dict[str, Skeleton] = {
 assert NUM_KEYPOINTS == (17, 14, 16, 17, 17, 133), NUM_KEYPOINTS
 assert TOTAL_TRAINING_KEYPOINTS == 214, TOTAL_TRAINING_KEYPOINTS
 assert all(s.dataset_index == i for i, s in enumerate(TRAINING_SKELETONS))
+
+
+# --------------------------------------------------------------------------------------------
+# Links (limbs), for drawing only
+# --------------------------------------------------------------------------------------------
+
+# COCO: the ``skeleton`` field of the person category in person_keypoints_*.json (1-based there),
+# in the order of mmpose coco.py ``skeleton_info``.
+_COCO_LINKS = (
+    ("left_ankle", "left_knee"), ("left_knee", "left_hip"), ("right_ankle", "right_knee"),
+    ("right_knee", "right_hip"), ("left_hip", "right_hip"), ("left_shoulder", "left_hip"),
+    ("right_shoulder", "right_hip"), ("left_shoulder", "right_shoulder"),
+    ("left_shoulder", "left_elbow"), ("right_shoulder", "right_elbow"),
+    ("left_elbow", "left_wrist"), ("right_elbow", "right_wrist"), ("left_eye", "right_eye"),
+    ("nose", "left_eye"), ("nose", "right_eye"), ("left_eye", "left_ear"),
+    ("right_eye", "right_ear"), ("left_ear", "left_shoulder"), ("right_ear", "right_shoulder"),
+)  # fmt: skip
+_LINK_NAMES: dict[str, tuple[tuple[str, str], ...]] = {
+    "coco": _COCO_LINKS,
+    "ochuman": _COCO_LINKS,
+    # mmpose configs/_base_/datasets/aic.py skeleton_info.
+    "aic": (
+        ("right_wrist", "right_elbow"), ("right_elbow", "right_shoulder"),
+        ("right_shoulder", "neck"), ("neck", "left_shoulder"), ("left_shoulder", "left_elbow"),
+        ("left_elbow", "left_wrist"), ("right_ankle", "right_knee"), ("right_knee", "right_hip"),
+        ("right_hip", "left_hip"), ("left_hip", "left_knee"), ("left_knee", "left_ankle"),
+        ("head_top", "neck"), ("right_shoulder", "right_hip"), ("left_shoulder", "left_hip"),
+    ),
+    # mmpose configs/_base_/datasets/mpii.py skeleton_info.
+    "mpii": (
+        ("right_ankle", "right_knee"), ("right_knee", "right_hip"), ("right_hip", "pelvis"),
+        ("pelvis", "left_hip"), ("left_hip", "left_knee"), ("left_knee", "left_ankle"),
+        ("pelvis", "thorax"), ("thorax", "upper_neck"), ("upper_neck", "head_top"),
+        ("upper_neck", "right_shoulder"), ("right_shoulder", "right_elbow"),
+        ("right_elbow", "right_wrist"), ("upper_neck", "left_shoulder"),
+        ("left_shoulder", "left_elbow"), ("left_elbow", "left_wrist"),
+    ),
+    # mmpose configs/_base_/datasets/ap10k.py skeleton_info (APT-36K uses the same base).
+    "ap10k": (
+        ("L_Eye", "R_Eye"), ("L_Eye", "Nose"), ("R_Eye", "Nose"), ("Nose", "Neck"),
+        ("Neck", "Root of tail"), ("Neck", "L_Shoulder"), ("L_Shoulder", "L_Elbow"),
+        ("L_Elbow", "L_F_Paw"), ("Neck", "R_Shoulder"), ("R_Shoulder", "R_Elbow"),
+        ("R_Elbow", "R_F_Paw"), ("Root of tail", "L_Hip"), ("L_Hip", "L_Knee"),
+        ("L_Knee", "L_B_Paw"), ("Root of tail", "R_Hip"), ("R_Hip", "R_Knee"),
+        ("R_Knee", "R_B_Paw"),
+    ),
+    # mmpose configs/_base_/datasets/coco_wholebody.py skeleton_info: COCO's 19 body links,
+    # ankle → big toe / small toe / heel per foot, and root → finger1 → … → finger4 per finger
+    # of each hand. The face has no links there (drawn as points).
+    "coco_wholebody": (
+        *_COCO_LINKS,
+        *((f"{s}_ankle", f"{s}_{toe}") for s in ("left", "right")
+          for toe in ("big_toe", "small_toe", "heel")),
+        *((f"{s}_{a}", f"{s}_{b}") for s in ("left", "right") for f in _FINGERS
+          for a, b in zip(("hand_root", *(f"{f}{j}" for j in range(1, 4))),
+                          (f"{f}{j}" for j in range(1, 5)), strict=True)),
+    ),
+}  # fmt: skip
+_LINK_NAMES["apt36k"] = _LINK_NAMES["ap10k"]
+
+#: Links ``(i, j)`` (keypoint indices) per skeleton name, for drawing; skeletons absent here
+#: (interhand2d, pw3d) are drawn as points only.
+SKELETON_LINKS: dict[str, tuple[tuple[int, int], ...]] = {
+    name: tuple((SKELETONS[name].index(a), SKELETONS[name].index(b)) for a, b in pairs)
+    for name, pairs in _LINK_NAMES.items()
+}
 
 
 def class_offsets() -> tuple[int, ...]:

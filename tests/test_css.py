@@ -324,3 +324,76 @@ def test_heatmap_peaks_tie_projection() -> None:
     hm[0, 0, 5, 7] = 1.0
     hm[0, 0, 9, 3] = 1.0  # tie: x from the column maxima, y from the row maxima
     assert peak_locations(hm)[0, 0].tolist() == [3, 5]
+
+
+# ---------------------------------------------------------------------------- border peaks
+
+
+def border_peak_map(level: float = 0.3, bump: float = 6e-6) -> torch.Tensor:
+    """[H, W]: flat at ``level`` with the corner (0, 0) raised by ``bump`` — the arg-max sits
+    on the corner and the blurred log-map is flat to one float32 ulp along the border, the
+    shape of the prototype heatmap that made a tiny PoseBH run's CSS loss NaN."""
+    m = torch.full((H, W), level)
+    m[0, 0] = torch.tensor(level) + torch.tensor(bump)
+    return m
+
+
+def test_dark_udp_of_a_border_peak_is_not_finite_in_the_reference() -> None:
+    """The precondition of the CSS fix: the release's decode (bit-exact reference) divides by
+    a zero Hessian determinant here."""
+    from posebh.decode import get_max_preds, post_dark_udp
+
+    hm = border_peak_map()[None, None].numpy()
+    coords, maxval = get_max_preds(hm)
+    assert coords[0, 0].tolist() == [0.0, 0.0] and maxval[0, 0, 0] > 0.25
+    refined = post_dark_udp(coords, hm, kernel=11)
+    assert not np.isfinite(refined).all()
+
+
+@pytest.mark.parametrize("compat", ["paper", "official"])
+def test_pseudo_targets_of_a_border_peak_are_finite(compat: str) -> None:
+    """Joint 0: the degenerate head map with a prototype peak next to it (kept); joint 1:
+    the degenerate map on the prototype side of a rejected joint (too far from the head
+    peak).  Both used to come out NaN (keypoints, and the targets through NaN · 0)."""
+    head = torch.stack([border_peak_map(), blob(15.0, 20.0, 0.9)])[None]
+    proto = torch.stack([blob(0.4, 0.3, 0.8), border_peak_map()])[None]
+    out = css_pseudo_targets(head, proto, compat=compat)
+    assert torch.isfinite(out.keypoints).all()
+    assert torch.isfinite(out.targets).all() and torch.isfinite(out.target_weight).all()
+    assert out.keep[0].tolist() == [True, False]
+    assert out.targets[0, 1].abs().sum() == 0 and out.target_weight[0, 1, 0] == 0
+    # The degenerate step falls back to the integer arg-max (0, 0): the pseudo keypoint is
+    # the confidence-weighted mean of (0, 0) and the prototype's own sub-pixel peak.
+    xy_p, c_p = heatmap_peaks(proto, "dark_udp")
+    c_h = torch.tensor(0.3 + 6e-6)
+    w_p = c_p[0, 0] / (c_h + c_p[0, 0])
+    second = xy_p[0, 0] if compat == "paper" else c_p[0, 0].expand(2)
+    torch.testing.assert_close(out.keypoints[0, 0], w_p * second)
+    x, y = out.keypoints[0, 0].double().tolist()
+    np.testing.assert_allclose(out.targets[0, 0].numpy(), udp_loop(x, y, H, W), atol=2e-7)
+
+
+def test_css_loss_with_a_border_peak_is_finite() -> None:
+    """The whole CSS loss of a step in which one head map peaks on the border (previously
+    NaN, which the trainer had to skip)."""
+    protos, emb, heads, idx = scene()
+    with torch.no_grad():
+        heads[0][0, 1] = border_peak_map()  # dataset 0's joint 1 on dataset 1's image
+    out = css_loss(heads, emb, idx, protos, update=False)
+    assert torch.isfinite(out["css"]) and out["css"].item() > 0
+    out["css"].backward()
+    assert torch.isfinite(heads[0].grad).all() and torch.isfinite(emb.grad).all()
+
+
+def test_finite_peaks_keeps_finite_pairs_and_uses_the_first_arg_max() -> None:
+    from posebh.css import finite_peaks
+
+    hm = torch.zeros(1, 3, H, W)
+    hm[0, 0, 4, 5] = 1.0
+    hm[0, 1, 7, 2] = hm[0, 1, 9, 1] = 0.5  # tie: the first in row-major order, (2, 7)
+    hm[0, 2] = -1.0  # no positive maximum: the (−1, −1) sentinel
+    xy = torch.tensor([[[5.25, 4.5], [float("nan"), 1.0], [float("inf"), 0.0]]])
+    out = finite_peaks(xy, hm)
+    assert out.tolist() == [[[5.25, 4.5], [2.0, 7.0], [-1.0, -1.0]]]
+    assert finite_peaks(xy[:, :1], hm[:, :1]) is not None
+    assert torch.equal(finite_peaks(xy[:, :1], hm[:, :1]), xy[:, :1])

@@ -28,9 +28,12 @@ from .mpii import mpii_gt_file, read_mpii
 
 __all__ = ["DATASET_NAMES", "SPLITS", "DatasetSpec", "default_spec", "read_dataset"]
 
-SPLITS = ("train", "val", "test")
+SPLITS = ("train", "val", "test", "test-dev")
 
 _COCO_DET = "coco/person_detection_results/COCO_val2017_detections_AP_H_56_person.json"
+_COCO_TESTDEV_DET = (
+    "coco/person_detection_results/COCO_test-dev2017_detections_AP_H_609_person.json"
+)
 _IH = "interhand2.6m/annotations"
 _MDT = "body/2d_kpt_sview_rgb_img/topdown_heatmap/mdt/vitb_posebh.py"
 
@@ -48,6 +51,14 @@ _LAYOUT: dict[str, dict[str, tuple[str, str, dict[str, object], str]]] = {
             "coco/annotations/person_keypoints_val2017.json",
             "coco/val2017/",
             {"det_file": _COCO_DET, "use_gt_bbox": False},
+            "body/2d_kpt_sview_rgb_img/topdown_heatmap/coco/ViTPose_base_coco_256x192.py",
+        ),
+        # No public keypoint GT: image_info_test-dev2017.json lists the images, the
+        # detection file gives the person boxes (60.9 AP); results go to the eval server.
+        "test-dev": (
+            "coco/annotations/image_info_test-dev2017.json",
+            "coco/test2017/",
+            {"det_file": _COCO_TESTDEV_DET, "use_gt_bbox": False},
             "body/2d_kpt_sview_rgb_img/topdown_heatmap/coco/ViTPose_base_coco_256x192.py",
         ),
     },
@@ -256,8 +267,9 @@ def default_spec(
     *,
     use_gt_bbox: bool | None = None,
 ) -> DatasetSpec:
-    """The official layout of dataset ``name``, ``split`` ("train" | "val" | "test") under
-    ``data_root`` (the official ``data/`` folder).
+    """The official layout of dataset ``name``, ``split`` ("train" | "val" | "test", and
+    "test-dev" for COCO: image list + detections, no keypoint GT) under ``data_root`` (the
+    official ``data/`` folder).
 
     COCO and COCO-WholeBody val/test default to the detection boxes
     (``COCO_val2017_detections_AP_H_56_person.json``, ``det_bbox_thr`` 0.0) as the official
@@ -266,6 +278,8 @@ def default_spec(
     name = _canonical(name)
     if split not in SPLITS:
         raise DatasetError(f"unknown split {split!r}. Fix: use one of {SPLITS}.")
+    if split == "test-dev" and split not in _LAYOUT[name]:
+        raise DatasetError(f"only COCO has a test-dev split, not {name}. Fix: use 'val' or 'test'.")
     if split not in _LAYOUT[name]:
         raise DatasetError(
             f"{name} has no {split} split in the official configs (OCHuman is evaluation-only; "

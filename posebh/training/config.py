@@ -411,9 +411,75 @@ _POSEBH_TINY = dataclasses.replace(
     eval_every=-1,
 )
 
+
+# Tiny transfer presets (SynthPose InterHand / 3DPW splits) for the reproduction harness's
+# tables 4 and 5: the official transfer recipes (plain ViT with the COCO expert merged, a new
+# head, prototypes removed, embedding network frozen, the backbone thawed half-way) on the
+# tiny model, in steps.  The ViTPose++ variants run the same schedule without a prototype
+# head (the published ViTPose++-B transfer cells come from the ViTPose repository).
+def _tiny_transfer(official: TrainConfig, preset: str, num_keypoints: int) -> TrainConfig:
+    name = official.data.datasets[0]
+    return dataclasses.replace(
+        official,
+        preset=preset,
+        description=f"tiny PoseBH → {name} transfer on SynthPose (CPU, minutes)",
+        model_overrides={**TINY_MODEL, "num_experts": 0, "num_keypoints": (num_keypoints,)},
+        data=dataclasses.replace(
+            official.data,
+            pipeline={name: {**official.data.pipeline[name], **_TINY_AUG}},
+            num_workers=1,
+            eval_gt_bbox=True,
+        ),
+        optim=dataclasses.replace(official.optim, lr=1e-3, warmup_iters=20, milestones=(140, 220)),
+        events=(
+            Event(0, "freeze", "proto_head"),
+            Event(0, "thaw", "prototypes"),
+            Event(0, "freeze", "backbone"),
+            Event(120, "freeze", "prototypes"),
+            Event(120, "thaw", "backbone"),
+        ),
+        unit="step",
+        length=240,
+        batch_size=32,
+        log_every=20,
+        ckpt_every=100,
+        keep_every=0,
+        eval_every=-1,
+    )
+
+
+def _tiny_vitpose_transfer(posebh_tiny: TrainConfig, preset: str) -> TrainConfig:
+    return dataclasses.replace(
+        posebh_tiny,
+        preset=preset,
+        description=posebh_tiny.description.replace("PoseBH", "ViTPose++"),
+        model="vitpose_plus_base",
+        events=(Event(0, "freeze", "backbone"), Event(120, "thaw", "backbone")),
+    )
+
+
+_INTERHAND_TINY = _tiny_transfer(_INTERHAND, "posebh_interhand2d_tiny_synth", 21)
+_PW3D_TINY = _tiny_transfer(_PW3D, "posebh_pw3d_tiny_synth", 24)
+_VITPOSE_INTERHAND_TINY = _tiny_vitpose_transfer(
+    _INTERHAND_TINY, "vitpose_plus_interhand2d_tiny_synth"
+)
+_VITPOSE_PW3D_TINY = _tiny_vitpose_transfer(_PW3D_TINY, "vitpose_plus_pw3d_tiny_synth")
+
 PRESETS: dict[str, TrainConfig] = {
     c.preset: c
-    for c in (_BASE, _HUGE, _VITPOSE_PLUS, _INTERHAND, _PW3D, _VITPOSE_TINY, _POSEBH_TINY)
+    for c in (
+        _BASE,
+        _HUGE,
+        _VITPOSE_PLUS,
+        _INTERHAND,
+        _PW3D,
+        _VITPOSE_TINY,
+        _POSEBH_TINY,
+        _INTERHAND_TINY,
+        _PW3D_TINY,
+        _VITPOSE_INTERHAND_TINY,
+        _VITPOSE_PW3D_TINY,
+    )
 }
 
 

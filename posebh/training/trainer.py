@@ -794,10 +794,11 @@ class Trainer:
                 criterion=self.proto_criterion,
                 heatmap_criterion=self.mse,
             )
-            # A pseudo label can come out non-finite (a degenerate sub-pixel refinement of a
-            # joint that is not even kept poisons its zero-weight map: NaN · 0); the release
-            # stops training there.  Here the step goes on without CSS and says so once —
-            # the prototypes are frozen while CSS runs, so nothing else is touched.
+            # Safety net: the known cause of a non-finite CSS term (a singular DARK-UDP step at
+            # a border peak, NaN · 0 in a zero-weight map; the release stops training there)
+            # is handled in posebh.css.finite_peaks.  Should another appear, the step goes on
+            # without CSS and says so once — the prototypes are frozen while CSS runs, so
+            # nothing else is touched.
             skipped = not bool(torch.isfinite(c["css"]))
             if skipped:
                 if not self._css_warned:

@@ -1,0 +1,1 @@
+"""Scripted reproduction of the PoseBH tables (see reproduce/tables/*.toml)."""

@@ -1,0 +1,533 @@
+"""Evaluate a table's model columns on its dataset rows and compare with the published values.
+
+One code path for every mode: a *data root* in the official ``data/`` layout and a *weights*
+folder holding the release files under their official names (``vitpose+_base.pth``,
+``posebh_base.pth``, ``posebh_base_interhand2d.pth`` …).  Real mode points both at the
+user's folders; the synthetic default points them at the SynthPose world and at tiny models
+trained on it (:mod:`posebh.reproduce.synthetic`), so what runs downstream is the same.
+
+Per (row, model) the checkpoint is loaded with :func:`posebh.checkpoint.load_official`; a
+multi-dataset file (experts present) is split to the row's dataset expert and head as the
+official ``tools/model_split.py`` + single-dataset test configs do (OCHuman uses the COCO
+expert), a transfer file (one head, plain ViT) is used as it is.  The row's protocol is the
+dataset's official one (:func:`posebh.evaluate.default_protocol`), with the row's boxes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import platform
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from posebh.reproduce.tables import DISPLAY_NAMES, Table, TableRow, read_metric
+
+__all__ = [
+    "Cell",
+    "RunContext",
+    "TableRun",
+    "evaluate_table",
+    "row_spec",
+]
+
+#: Cell states.  "pass"/"fail": |measured − expected| ≤ / > tolerance (real data only);
+#: "measured": no published value to compare with; "synthetic": measured on SynthPose, not
+#: comparable; "submission": COCO test-dev results written for the server; "not run": the
+#: reason says why (missing checkpoint, …).
+STATUSES = ("pass", "fail", "measured", "synthetic", "submission", "not run")
+
+
+@dataclass
+class Cell:
+    """One (row, metric, model) cell of a table run."""
+
+    row: str
+    dataset: str
+    split: str
+    metric: str
+    model: str
+    model_label: str
+    expected: float | None
+    measured: float | None
+    tolerance: float
+    status: str
+    note: str = ""
+    eval_dir: str | None = None
+
+    @property
+    def delta(self) -> float | None:
+        if self.expected is None or self.measured is None:
+            return None
+        return self.measured - self.expected
+
+
+@dataclass(frozen=True)
+class RunContext:
+    """Where the inputs come from and how the measurement is labelled."""
+
+    data_root: Path
+    weights: Path
+    mode: str  # "real" | "synthetic" | "train"
+    measured_label: str  # e.g. "measured (SynthPose mini, tiny models)"
+    # Model ids whose checkpoint is deliberately absent in this mode → the reason printed.
+    absent: Mapping[str, str] = field(default_factory=dict)
+    # (dataset, split) → a DatasetSpec to use instead of the official layout.
+    specs: Mapping[tuple[str, str], Any] = field(default_factory=dict)
+    device: str | None = None
+    batch_size: int = 32
+    decode_backend: str = "auto"
+    progress: bool = True
+
+
+@dataclass
+class TableRun:
+    """The cells of one table run plus its provenance."""
+
+    table: Table
+    context: RunContext
+    cells: list[Cell]
+    checkpoints: dict[str, dict[str, Any]]
+    seconds: float
+
+    def failed(self) -> list[Cell]:
+        return [c for c in self.cells if c.status == "fail"]
+
+
+def row_spec(row: TableRow, context: RunContext):
+    """The :class:`~posebh.datasets.DatasetSpec` a row is evaluated on."""
+    from posebh.datasets import default_spec
+
+    override = context.specs.get((row.dataset, row.split))
+    if override is not None:
+        return override
+    return default_spec(row.dataset, row.split, context.data_root, use_gt_bbox=row.use_gt_bbox)
+
+
+def _expert_of(dataset: str) -> str:
+    # OCHuman is evaluated with the COCO expert and head (ViTPose_*_ochuman configs).
+    return "coco" if dataset == "ochuman" else dataset
+
+
+def _is_multi_dataset(state: Mapping[str, Any]) -> bool:
+    sd = state.get("state_dict", state)
+    return any(".mlp.experts." in k for k in sd)
+
+
+def _sha256(path: Path, limit_mb: int = 4096) -> str | None:
+    import hashlib
+
+    if path.stat().st_size > limit_mb * 2**20:
+        return None
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        for chunk in iter(lambda: f.read(2**20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def evaluate_table(
+    table: Table,
+    context: RunContext,
+    out_dir: str | os.PathLike[str],
+    *,
+    models: Sequence[str] | None = None,
+    log: Callable[[str], None] | None = print,
+) -> TableRun:
+    """Evaluate every (row, model) of ``table`` under ``context``; per-cell evaluation files
+    go to ``out_dir/eval/<model>/<dataset>_<split>/``."""
+    from posebh.checkpoint import CheckpointError, _torch_load, load_official
+    from posebh.evaluate import default_protocol, evaluate
+
+    start = time.perf_counter()
+    out = Path(out_dir)
+    wanted = [m for m in table.models if models is None or m.id in models]
+    cells: list[Cell] = []
+    checkpoints: dict[str, dict[str, Any]] = {}
+    say = log or (lambda _msg: None)
+    for column in wanted:
+        path = context.weights / column.checkpoint
+        reason = context.absent.get(column.id)
+        if reason is None and not path.is_file():
+            reason = f"checkpoint {path} not found (put the release file there)"
+        state = None
+        if reason is None:
+            try:
+                state = _torch_load(str(path))
+            except CheckpointError as err:
+                reason = f"unreadable checkpoint: {err}"
+        if state is not None:
+            checkpoints[column.id] = {
+                "file": str(path),
+                "bytes": path.stat().st_size,
+                "sha256": _sha256(path),
+                "multi_dataset": _is_multi_dataset(state),
+            }
+        for row in table.rows:
+            base = dict(
+                row=row.label,
+                dataset=row.dataset,
+                split=row.split,
+                model=column.id,
+                model_label=column.label,
+                tolerance=row.tolerance,
+            )
+            expected = {m: row.expected_value(column.id, m) for m in row.metrics}
+            if state is None:
+                cells += [
+                    Cell(
+                        metric=m,
+                        expected=expected[m],
+                        measured=None,
+                        status="not run",
+                        note=str(reason),
+                        **base,
+                    )
+                    for m in row.metrics
+                ]
+                continue
+            say(f"[{table.name}] {column.label} on {row.label} ({row.boxes})")
+            eval_dir = out / "eval" / column.id / f"{row.dataset}_{row.split}"
+            try:
+                if checkpoints[column.id]["multi_dataset"]:
+                    model = load_official(state, dataset=_expert_of(row.dataset))
+                else:
+                    model = load_official(state)
+                spec = row_spec(row, context)
+                result = evaluate(
+                    model,
+                    spec,
+                    protocol=default_protocol(row.dataset),
+                    batch_size=context.batch_size,
+                    device=context.device,
+                    submission_only=row.submission_only,
+                    out_dir=eval_dir,
+                    checkpoint=str(path),
+                    progress=context.progress,
+                    decode_backend=context.decode_backend,
+                    log=None,
+                )
+            except (CheckpointError, FileNotFoundError, ValueError) as err:
+                cells += [
+                    Cell(
+                        metric=m,
+                        expected=expected[m],
+                        measured=None,
+                        status="not run",
+                        note=f"{type(err).__name__}: {err}",
+                        **base,
+                    )
+                    for m in row.metrics
+                ]
+                say(f"  not run: {err}")
+                continue
+            for m in row.metrics:
+                if row.submission_only:
+                    sub = result.metrics.get("submission", {})
+                    cells.append(
+                        Cell(
+                            metric=m,
+                            expected=expected[m],
+                            measured=None,
+                            status="submission",
+                            note=f"{sub.get('results', 0)} results in "
+                            f"{result.files.get('predictions')} (upload to the COCO server)",
+                            eval_dir=str(eval_dir),
+                            **base,
+                        )
+                    )
+                    continue
+                value = read_metric(result.metrics, m, row.part)
+                cells.append(
+                    Cell(
+                        metric=m,
+                        expected=expected[m],
+                        measured=value,
+                        status=_status(expected[m], value, row.tolerance, context.mode),
+                        eval_dir=str(eval_dir),
+                        **base,
+                    )
+                )
+    return TableRun(
+        table=table,
+        context=context,
+        cells=cells,
+        checkpoints=checkpoints,
+        seconds=time.perf_counter() - start,
+    )
+
+
+def _status(expected: float | None, measured: float | None, tol: float, mode: str) -> str:
+    if measured is None:
+        return "not run"
+    if mode == "synthetic":
+        return "synthetic"
+    if expected is None:
+        return "measured"
+    return "pass" if abs(measured - expected) <= tol + 1e-9 else "fail"
+
+
+# ------------------------------------------------------------------------------------------
+# Reports
+# ------------------------------------------------------------------------------------------
+
+
+def _fmt(v: float | None, digits: int = 1) -> str:
+    return "–" if v is None else f"{v:.{digits}f}"
+
+
+def _cell_text(c: Cell) -> str:
+    digits = 2 if c.metric == "EPE" else 1
+    if c.status == "not run":
+        return f"{_fmt(c.expected, digits)} / not run"
+    if c.status == "submission":
+        return f"{_fmt(c.expected, digits)} / server"
+    if c.status == "synthetic":
+        return f"{_fmt(c.expected, digits)} / syn {_fmt(c.measured, digits)}"
+    if c.status == "measured":
+        return f"– / {_fmt(c.measured, digits)}"
+    mark = "✓" if c.status == "pass" else "✗"
+    d = c.delta or 0.0
+    return f"{_fmt(c.expected, digits)} / {_fmt(c.measured, digits)} ({d:+.{digits}f} {mark})"
+
+
+def wide_table(run: TableRun, tablefmt: str = "github") -> str:
+    """Rows × models, each cell 'published / measured (Δ ✓/✗)'."""
+    from tabulate import tabulate
+
+    models = [m for m in run.table.models if any(c.model == m.id for c in run.cells)]
+    keys: list[tuple[str, str]] = []
+    for c in run.cells:
+        if (c.row, c.metric) not in keys:
+            keys.append((c.row, c.metric))
+    by = {(c.row, c.metric, c.model): c for c in run.cells}
+    body = []
+    for row, metric in keys:
+        body.append(
+            [row, metric]
+            + [
+                _cell_text(by[(row, metric, m.id)]) if (row, metric, m.id) in by else ""
+                for m in models
+            ]
+        )
+    return tabulate(
+        body,
+        headers=["dataset split", "metric"] + [m.label for m in models],
+        tablefmt=tablefmt,
+        disable_numparse=True,
+    )
+
+
+def long_table(run: TableRun, tablefmt: str = "github") -> str:
+    """One line per cell with every field (the Markdown report's detail section)."""
+    from tabulate import tabulate
+
+    rows = [
+        [
+            c.row,
+            c.metric,
+            c.model_label,
+            _fmt(c.expected, 2),
+            _fmt(c.measured, 2),
+            _fmt(c.delta, 2),
+            c.tolerance,
+            c.status,
+            c.note,
+        ]
+        for c in run.cells
+    ]
+    return tabulate(
+        rows,
+        headers=[
+            "dataset split",
+            "metric",
+            "model",
+            "published",
+            "measured",
+            "Δ",
+            "tol",
+            "status",
+            "note",
+        ],
+        tablefmt=tablefmt,
+        disable_numparse=True,
+    )
+
+
+def provenance(extra: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """Commit, library versions and hardware of this process."""
+    from posebh.evaluate import _git_commit
+    from posebh.evaluation import library_versions
+
+    return {
+        "commit": _git_commit(),
+        "versions": library_versions("torch", "numpy", "pycocotools", "tabulate", "matplotlib"),
+        "python": platform.python_version(),
+        "hardware": {
+            "machine": platform.machine(),
+            "processor": platform.processor() or None,
+            "cpus": os.cpu_count(),
+            "torch_threads": torch.get_num_threads(),
+            "cuda": torch.cuda.is_available(),
+        },
+        **(dict(extra) if extra else {}),
+    }
+
+
+def headline(run: TableRun) -> list[str]:
+    """The lines printed above the table: what was measured, on what, against what."""
+    t, ctx = run.table, run.context
+    lines = [f"{t.name} — {t.title}", f"published: {t.source} ({t.path})"]
+    if ctx.mode == "synthetic":
+        lines.append(
+            "measured: SYNTHETIC — "
+            + ctx.measured_label
+            + ". These numbers show the harness working end to end; they are NOT comparable "
+            "with the published ones (different images, tiny models, minutes of CPU training)."
+        )
+    else:
+        lines.append(f"measured: {ctx.measured_label}")
+    lines.append(f"data: {ctx.data_root}; weights: {ctx.weights}")
+    boxes = sorted(
+        {f"{DISPLAY_NAMES.get(r.dataset, r.dataset)} {r.split}: {r.boxes}" for r in t.rows}
+    )
+    lines += ["boxes: " + "; ".join(boxes)]
+    return lines
+
+
+def run_to_dict(run: TableRun, extra: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    ctx = run.context
+    return {
+        "table": run.table.name,
+        "title": run.table.title,
+        "published_source": run.table.source,
+        "table_file": run.table.path,
+        "mode": ctx.mode,
+        "measured_label": ctx.measured_label,
+        "comparable_with_published": ctx.mode != "synthetic",
+        "data_root": str(ctx.data_root),
+        "weights": str(ctx.weights),
+        "rows": [
+            {
+                "dataset": r.dataset,
+                "split": r.split,
+                "boxes": r.boxes,
+                "use_gt_bbox": r.use_gt_bbox,
+                "metrics": list(r.metrics),
+                "tolerance": r.tolerance,
+                "submission_only": r.submission_only,
+            }
+            for r in run.table.rows
+        ],
+        "cells": [dict(dataclasses.asdict(c), delta=c.delta) for c in run.cells],
+        "checkpoints": run.checkpoints,
+        "eval_seconds": round(run.seconds, 2),
+        "provenance": provenance(extra),
+    }
+
+
+def write_run(
+    run: TableRun,
+    out_dir: str | os.PathLike[str],
+    *,
+    extra: Mapping[str, Any] | None = None,
+    plots: bool = True,
+) -> dict[str, str]:
+    """``results.json``, ``results.md`` and the plots of a table run into ``out_dir``."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    payload = run_to_dict(run, extra)
+    files = {"json": out / "results.json", "markdown": out / "results.md"}
+    files["json"].write_text(json.dumps(payload, indent=2, default=str))
+    prov = payload["provenance"]
+    md = [f"# {run.table.name}: {run.table.title}", ""]
+    md += [f"- {line}" for line in headline(run)]
+    md += [
+        f"- commit {prov['commit']}; versions {prov['versions']}; hardware {prov['hardware']}",
+        "",
+        "Cells: published / measured (Δ, ✓ within the tolerance, ✗ outside)."
+        if run.context.mode != "synthetic"
+        else "Cells: published / syn measured-on-SynthPose (no Δ: not comparable).",
+        "",
+        wide_table(run),
+        "",
+        "## Every cell",
+        "",
+        long_table(run),
+        "",
+    ]
+    files["markdown"].write_text("\n".join(md))
+    if plots:
+        files.update(_plots(run, out))
+    return {k: str(v) for k, v in files.items()}
+
+
+def _plots(run: TableRun, out: Path) -> dict[str, Path]:
+    try:
+        from posebh.reproduce import plots
+    except ImportError:  # matplotlib missing: the report stays complete without pictures
+        return {}
+    cells = [
+        {
+            "row": f"{c.row} {c.metric}",
+            "model": c.model_label,
+            "expected": c.expected,
+            "measured": c.measured,
+            "measured_kind": "synthetic" if run.context.mode == "synthetic" else "real",
+        }
+        for c in run.cells
+        if c.metric != "EPE"  # pixels do not share the percent axis
+    ]
+    files: dict[str, Path] = {}
+    path = out / "expected_vs_measured.png"
+    plots.plot_expected_vs_measured(
+        cells,
+        path,
+        title=f"{run.table.name}: {run.table.title}",
+        measured_label=run.context.measured_label,
+    )
+    files["plot_expected_vs_measured"] = path
+    files.update(_model_plots(run, out))
+    return files
+
+
+def _model_plots(run: TableRun, out: Path) -> dict[str, Path]:
+    """Per evaluated model: keypoint overlays on a few images of its first row, and for a
+    model with prototypes the cross-dataset prototype similarity matrix."""
+    from posebh.checkpoint import _torch_load, load_official
+    from posebh.visualize import visualize_predictions, visualize_prototypes
+
+    files: dict[str, Path] = {}
+    for column in run.table.models:
+        info = run.checkpoints.get(column.id)
+        if info is None:
+            continue
+        state = _torch_load(info["file"])
+        model = load_official(state)
+        folder = out / "plots" / column.id
+        if getattr(model, "keypoint_prototypes", None) is not None:
+            for p in visualize_prototypes(model, folder, source=info["file"]):
+                files[f"{column.id}_{p.name}"] = p
+        row = next((r for r in run.table.rows if not r.submission_only), None)
+        if row is None:
+            continue
+        if info["multi_dataset"]:
+            model = load_official(state, dataset=_expert_of(row.dataset))
+        try:
+            path = visualize_predictions(
+                row_spec(dataclasses.replace(row, use_gt_bbox=True), run.context),
+                folder,
+                model=model,
+                num_images=6,
+                device=run.context.device or "cpu",
+            )
+        except (FileNotFoundError, ValueError):  # the cell already says why the row is missing
+            continue
+        files[f"{column.id}_overlays"] = path
+    return files

@@ -1,0 +1,375 @@
+"""CI regression of metrics: recompute a small deterministic synthetic configuration and
+compare every metric with the committed baselines (``reproduce/baselines/*.json``).
+
+Two sections, each its own baseline file:
+
+* ``protocol`` — the heatmap oracle (:func:`posebh.evaluate.evaluate` with
+  ``heatmap_oracle=True``) on every evaluable SynthPose split: ground-truth target heatmaps
+  go through the evaluation crop, the decode, the transform back and the metric.  No model,
+  no training noise: the tolerance is tight, and any change of pipeline, decode or metric
+  semantics shows up here (a test breaks the decode on purpose and watches this fail).
+* ``training`` — a tiny ViTPose++ baseline and a tiny PoseBH continued from it, trained a
+  few hundred steps on SynthPose (fixed seed, fixed thread count), evaluated on the six
+  training datasets.  CPU training is bit-reproducible on one machine; across CPUs the
+  float order of the BLAS kernels differs, hence a looser tolerance.
+
+``nox -s regression`` runs both and exits 1 with a readable diff when a metric leaves its
+tolerance; ``nox -s regression -- --refresh`` rewrites the baselines (commit them with the
+change that moved the numbers, and say why in the commit message).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+__all__ = [
+    "SECTIONS",
+    "RegressionConfig",
+    "compare",
+    "main",
+    "measure",
+    "shortened",
+]
+
+SECTIONS = ("protocol", "training")
+
+#: Splits of the protocol section (every dataset with an evaluation protocol).
+PROTOCOL_SPLITS = (
+    ("coco", "val"),
+    ("aic", "val"),
+    ("mpii", "val"),
+    ("ap10k", "test"),
+    ("apt36k", "test"),
+    ("coco_wholebody", "val"),
+    ("ochuman", "test"),
+    ("interhand2d", "test"),
+    ("pw3d", "test"),
+)
+#: Splits of the training section (the six training datasets, GT boxes).
+TRAINING_SPLITS = PROTOCOL_SPLITS[:6]
+
+# The metrics kept per metric family (flattened posebh.evaluate keys), in percent / px.
+_KEEP = {
+    "oks": ("AP", "AP50", "AR"),
+    "wholebody": ("wholebody/AP", "wholebody/AR", "body/AP"),
+    "pckh": ("PCKh", "PCKh@0.1"),
+    "pck_auc_epe": ("PCK", "AUC", "EPE"),
+}
+_PERCENT_ALREADY = {"PCKh", "PCKh@0.1", "EPE"}
+
+
+@dataclass(frozen=True)
+class RegressionConfig:
+    """The small deterministic configuration (change it together with the baselines)."""
+
+    world: str = "mini"
+    seed: int = 0
+    threads: int = 2
+    baseline_steps: int = 200
+    posebh_steps: int = 80
+    batch_size: int = 16
+    # Absolute tolerances in the table units (percent points; px for EPE).
+    protocol_tolerance: float = 0.05
+    training_tolerance: float = 2.0
+
+
+def default_baseline_dir() -> Path:
+    """``reproduce/baselines`` of the source checkout this package runs from."""
+    return Path(__file__).resolve().parents[2] / "reproduce" / "baselines"
+
+
+def shortened(config, length: int):
+    """``config`` compressed to ``length`` steps: events, lr milestones and warm-up scale."""
+    f = length / config.length
+    events = tuple(dataclasses.replace(e, at=min(length, round(e.at * f))) for e in config.events)
+    optim = dataclasses.replace(
+        config.optim,
+        milestones=tuple(max(1, round(m * f)) for m in config.optim.milestones),
+        warmup_iters=max(1, round(config.optim.warmup_iters * f)),
+    )
+    return dataclasses.replace(
+        config,
+        length=length,
+        events=events,
+        optim=optim,
+        ckpt_every=length,
+        keep_every=0,
+        log_every=max(1, length // 5),
+    )
+
+
+def _flat(metrics: Mapping[str, Any], kind: str) -> dict[str, float]:
+    from posebh.evaluate import _flat_metrics
+
+    flat = _flat_metrics(metrics)
+    out = {}
+    for key in _KEEP[kind]:
+        if key in flat:
+            factor = 1.0 if key.split("/")[-1] in _PERCENT_ALREADY else 100.0
+            out[key] = round(flat[key] * factor, 4)
+    return out
+
+
+def _evaluate_splits(
+    model_or_none,
+    world: Path,
+    splits: Sequence[tuple[str, str]],
+    *,
+    oracle: bool,
+    progress: bool,
+) -> dict[str, float]:
+    from posebh.evaluate import default_protocol, evaluate
+
+    values: dict[str, float] = {}
+    for dataset, split in splits:
+        model = model_or_none(dataset) if callable(model_or_none) else model_or_none
+        protocol = default_protocol(dataset)
+        result = evaluate(
+            model,
+            dataset,
+            data_root=world,
+            split=split,
+            use_gt_bbox=True,
+            protocol=protocol,
+            heatmap_oracle=oracle,
+            progress=progress,
+            log=None,
+        )
+        for key, v in _flat(result.metrics, protocol.metric).items():
+            values[f"{dataset} {split} {key}"] = v
+    return values
+
+
+def measure(
+    section: str,
+    config: RegressionConfig,
+    cache_dir: Path,
+    *,
+    progress: bool = False,
+    datasets: Sequence[str] | None = None,
+    log: Callable[[str], None] | None = print,
+) -> dict[str, float]:
+    """Recompute one section's metrics ({"<dataset> <split> <metric>": value}); ``datasets``
+    restricts them to some datasets (a quick check)."""
+    import torch
+
+    from posebh.reproduce.synthetic import ensure_run, ensure_world, run_config
+
+    torch.set_num_threads(config.threads)
+    world, _ = ensure_world(cache_dir, config.world, config.seed, progress)
+
+    def keep(splits: Sequence[tuple[str, str]]) -> list[tuple[str, str]]:
+        return [s for s in splits if datasets is None or s[0] in datasets]
+
+    if section == "protocol":
+        return _evaluate_splits(None, world, keep(PROTOCOL_SPLITS), oracle=True, progress=progress)
+    if section != "training":
+        raise ValueError(f"unknown section {section!r}; sections: {SECTIONS}")
+    from posebh.checkpoint import load_official
+
+    base_cfg = shortened(run_config("vitpose_plus", config.seed), config.baseline_steps)
+    base_cfg = dataclasses.replace(base_cfg, batch_size=config.batch_size)
+    base = ensure_run(
+        "regression_vitpose_plus", world, cache_dir, config=base_cfg, progress=progress, log=log
+    )
+    pose_cfg = shortened(run_config("posebh", config.seed), config.posebh_steps)
+    pose_cfg = dataclasses.replace(pose_cfg, batch_size=config.batch_size)
+    pose = ensure_run(
+        "regression_posebh", world, cache_dir, init=base, config=pose_cfg, progress=progress,
+        log=log,
+    )  # fmt: skip
+    values: dict[str, float] = {}
+    for label, path in (("vitpose_plus", base), ("posebh", pose)):
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        found = _evaluate_splits(
+            lambda d, s=state: load_official(s, dataset=d),
+            world,
+            keep(TRAINING_SPLITS),
+            oracle=False,
+            progress=progress,
+        )
+        values.update({f"{label}: {k}": v for k, v in found.items()})
+    return values
+
+
+@dataclass
+class Difference:
+    key: str
+    baseline: float | None
+    measured: float | None
+    tolerance: float
+
+    @property
+    def delta(self) -> float | None:
+        if self.baseline is None or self.measured is None:
+            return None
+        return self.measured - self.baseline
+
+
+def compare(
+    baseline: Mapping[str, float], measured: Mapping[str, float], tolerance: float
+) -> list[Difference]:
+    """Every metric outside ``tolerance`` of its baseline, plus metrics present on one side
+    only (a metric that disappears is a regression too)."""
+    bad: list[Difference] = []
+    for key in sorted(set(baseline) | set(measured)):
+        b, m = baseline.get(key), measured.get(key)
+        if b is None or m is None or abs(m - b) > tolerance + 1e-9:
+            bad.append(Difference(key, b, m, tolerance))
+    return bad
+
+
+def format_diff(section: str, diffs: Sequence[Difference], total: int) -> str:
+    from tabulate import tabulate
+
+    def f(v: float | None) -> str:
+        return "missing" if v is None else f"{v:.4f}"
+
+    rows = [
+        [d.key, f(d.baseline), f(d.measured), "" if d.delta is None else f"{d.delta:+.4f}",
+         d.tolerance]
+        for d in diffs
+    ]  # fmt: skip
+    head = f"{section}: {len(diffs)} of {total} metrics outside their tolerance"
+    return head + "\n" + tabulate(
+        rows, headers=["metric", "baseline", "measured", "Δ", "tol"], tablefmt="github",
+        disable_numparse=True,
+    )  # fmt: skip
+
+
+def _baseline_payload(
+    section: str, values: Mapping[str, float], config: RegressionConfig
+) -> dict[str, Any]:
+    from posebh.reproduce.harness import provenance
+
+    return {
+        "section": section,
+        "what": "posebh metric regression baseline (see posebh/reproduce/regression.py)",
+        "config": dataclasses.asdict(config),
+        "tolerance": config.protocol_tolerance
+        if section == "protocol"
+        else config.training_tolerance,
+        "metrics": dict(sorted(values.items())),
+        "provenance": provenance(),
+    }
+
+
+def run_regression(
+    sections: Sequence[str] = SECTIONS,
+    *,
+    config: RegressionConfig | None = None,
+    baseline_dir: Path | None = None,
+    cache_dir: Path | None = None,
+    out_dir: Path | None = None,
+    refresh: bool = False,
+    progress: bool = False,
+    datasets: Sequence[str] | None = None,
+    log: Callable[[str], None] | None = print,
+) -> tuple[bool, str]:
+    """Recompute ``sections`` and compare (or rewrite, with ``refresh``) the baselines.
+    ``datasets`` checks only those datasets' metrics (never with ``refresh``).
+    Returns (ok, report text)."""
+    if refresh and datasets is not None:
+        raise ValueError("refresh rewrites whole baselines: do not restrict the datasets")
+    from posebh.reproduce.synthetic import default_cache_dir
+
+    config = config or RegressionConfig()
+    baseline_dir = Path(baseline_dir or default_baseline_dir())
+    cache_dir = Path(cache_dir or default_cache_dir())
+    ok, parts = True, []
+    results: dict[str, Any] = {}
+    for section in sections:
+        start = time.perf_counter()
+        values = measure(section, config, cache_dir, progress=progress, datasets=datasets, log=log)
+        seconds = time.perf_counter() - start
+        path = baseline_dir / f"{section}.json"
+        if refresh:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(json.dumps(_baseline_payload(section, values, config), indent=2) + "\n")
+            parts.append(f"{section}: wrote {len(values)} metrics to {path} ({seconds:.0f} s)")
+            continue
+        if not path.is_file():
+            raise FileNotFoundError(
+                f"no baseline {path}; create it deliberately with "
+                "`nox -s regression -- --refresh` and commit it"
+            )
+        saved = json.loads(path.read_text())
+        if saved.get("config") != dataclasses.asdict(config):
+            raise ValueError(
+                f"{path} was made with config {saved.get('config')}, this run uses "
+                f"{dataclasses.asdict(config)}; refresh the baselines after changing it"
+            )
+        expected = {
+            k: v
+            for k, v in saved["metrics"].items()
+            if datasets is None or _key_dataset(k) in datasets
+        }
+        diffs = compare(expected, values, float(saved["tolerance"]))
+        results[section] = {
+            "measured": values,
+            "baseline_file": str(path),
+            "failures": [dataclasses.asdict(d) for d in diffs],
+            "seconds": round(seconds, 1),
+        }
+        if diffs:
+            ok = False
+            parts.append(format_diff(section, diffs, len(values)))
+        else:
+            parts.append(
+                f"{section}: all {len(values)} metrics within ±{saved['tolerance']} of "
+                f"{path.name} ({seconds:.0f} s)"
+            )
+    report = "\n\n".join(parts)
+    if out_dir is not None and results:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        (out_dir / "regression.json").write_text(json.dumps(results, indent=2))
+        (out_dir / "regression.md").write_text("# Metric regression\n\n" + report + "\n")
+    return ok, report
+
+
+def _key_dataset(key: str) -> str:
+    """The dataset of a metric key ("coco val AP", "posebh: coco val AP")."""
+    return key.split(": ", 1)[-1].split(" ", 1)[0]
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    p = argparse.ArgumentParser(
+        prog="python -m posebh.reproduce.regression",
+        description="Recompute the committed metric baselines and fail on any regression.",
+    )
+    p.add_argument("--sections", default=",".join(SECTIONS), help="protocol,training")
+    p.add_argument("--refresh", action="store_true", help="rewrite the baselines (deliberate)")
+    p.add_argument("--baselines", type=Path, default=None, help="baseline folder")
+    p.add_argument("--cache-dir", type=Path, default=None, help="world + tiny runs cache")
+    p.add_argument("--out", type=Path, default=Path("results") / "regression")
+    p.add_argument("--progress", action="store_true")
+    args = p.parse_args(argv)
+    sections = [s.strip() for s in args.sections.split(",") if s.strip()]
+    ok, report = run_regression(
+        sections,
+        baseline_dir=args.baselines,
+        cache_dir=args.cache_dir,
+        out_dir=args.out,
+        refresh=args.refresh,
+        progress=args.progress,
+    )
+    print(report)
+    if not ok:
+        print(
+            "\nmetric regression: if the change is intended, refresh deliberately with "
+            "`nox -s regression -- --refresh` and commit reproduce/baselines/ with a reason.",
+            file=sys.stderr,
+        )
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,14 @@
+"""Table 4 — transfer to InterHand2.6M (PCK / AUC / EPE).
+
+    python reproduce/table4.py                                  # synthetic default
+    python reproduce/table4.py --data-root data --weights weights   # release checkpoints
+
+Same as `posebh reproduce table4` and `nox -s reproduce_table4 -- ...`; --help lists the modes.
+"""
+
+import sys
+
+from posebh.reproduce.cli import main
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:], table="table4"))

@@ -1,0 +1,14 @@
+"""Table 5 — transfer to 3DPW (2-D SMPL joints, OKS AP).
+
+    python reproduce/table5.py                                  # synthetic default
+    python reproduce/table5.py --data-root data --weights weights   # release checkpoints
+
+Same as `posebh reproduce table5` and `nox -s reproduce_table5 -- ...`; --help lists the modes.
+"""
+
+import sys
+
+from posebh.reproduce.cli import main
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:], table="table5"))

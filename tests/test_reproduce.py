@@ -1,0 +1,310 @@
+"""The reproduction harness: tables as data, real mode on the shared fixtures with a tiny
+model in official checkpoint format, the CLI, and the metric regression (which must fail
+when the decode is broken on purpose)."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+from posebh import ops
+from posebh.checkpoint import load_official, split_official, to_official
+from posebh.datasets import default_spec
+from posebh.evaluate import default_protocol, evaluate
+from posebh.models import build_model
+from posebh.reproduce import regression
+from posebh.reproduce.cli import main as reproduce_main
+from posebh.reproduce.harness import RunContext, evaluate_table
+from posebh.reproduce.tables import TABLE_NAMES, TableError, load_table, read_metric
+
+# ------------------------------------------------------------------------------------------
+# Tables
+# ------------------------------------------------------------------------------------------
+
+# A few published cells, restated from the PoseBH README (release 8f03438) independently of
+# the TOML files, to catch a transposed or mistyped value.
+PUBLISHED = [
+    ("table1", "coco", "posebh_b", "AP", 77.3),
+    ("table1", "mpii", "vitpose_plus_h", "PCKh@0.1", 41.6),
+    ("table1", "apt36k", "posebh_h", "AR", 92.6),
+    ("table1", "coco_wholebody", "vitpose_plus_b", "AR", None),  # "–" in the README
+    ("table3", "ochuman", "posebh_h", "AP", 87.0),
+    ("table3", "coco", "vitpose_plus_b", "AR", 81.5),
+    ("table4", "interhand2d", "posebh_b_paper", "EPE", 3.70),
+    ("table4", "interhand2d", "posebh_b_rerun", "AUC", 86.6),
+    ("table5", "pw3d", "vitpose_plus_b", "AP", 81.7),
+]
+
+
+@pytest.mark.parametrize(("table", "dataset", "model", "metric", "value"), PUBLISHED)
+def test_published_values(table, dataset, model, metric, value) -> None:
+    t = load_table(table)
+    (row,) = [r for r in t.rows if r.dataset == dataset]
+    assert row.expected_value(model, metric) == value
+    assert "8f03438" in t.source
+
+
+def test_every_table_loads_with_known_datasets() -> None:
+    from posebh.datasets import DATASET_NAMES
+
+    for name in TABLE_NAMES:
+        t = load_table(name)
+        assert t.models and t.rows
+        for row in t.rows:
+            assert row.dataset in DATASET_NAMES
+            assert row.tolerance > 0
+            for values in row.expected.values():
+                assert len(values) <= len(row.metrics)
+
+
+def test_bad_table_names_the_field(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.toml"
+    bad.write_text('name = "x"\ntitle = "t"\nsource = "s"\n[[models]]\nid = "a"\nlabel = "A"\n')
+    with pytest.raises(TableError, match=r"\[\[models\]\] #1: missing field 'kind'"):
+        load_table(bad)
+    with pytest.raises(TableError, match="unknown table"):
+        load_table("table9")
+
+
+def test_read_metric_units() -> None:
+    metrics = {"AP": 0.7731, "PCKh": 93.2, "EPE": 3.61, "wholebody": {"AP": 0.579}}
+    assert read_metric(metrics, "AP") == pytest.approx(77.31)
+    assert read_metric(metrics, "PCKh") == pytest.approx(93.2)
+    assert read_metric(metrics, "EPE") == pytest.approx(3.61)
+    assert read_metric(metrics, "AP", part="wholebody") == pytest.approx(57.9)
+    assert read_metric(metrics, "AR") is None
+
+
+# ------------------------------------------------------------------------------------------
+# Real mode on the shared fixtures
+# ------------------------------------------------------------------------------------------
+
+
+def _link(src: Path, dst: Path) -> None:
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    os.symlink(src, dst)
+
+
+@pytest.fixture(scope="module")
+def fixture_root(fixtures_dir: Path, tmp_path_factory) -> Path:
+    """The mmpose test fixtures arranged in the official ``data/`` layout (no APT-36K, no
+    MPII head boxes: those cells must say why they did not run)."""
+    root = tmp_path_factory.mktemp("data")
+    f = fixtures_dir
+    _link(f / "coco" / "test_coco.json", root / "coco/annotations/person_keypoints_val2017.json")
+    _link(
+        f / "coco" / "test_coco_wholebody.json",
+        root / "coco/annotations/coco_wholebody_val_v1.0.json",
+    )
+    _link(f / "coco", root / "coco/val2017")
+    _link(
+        f / "coco" / "test_coco_det_AP_H_56.json",
+        root / "coco/person_detection_results/COCO_val2017_detections_AP_H_56_person.json",
+    )
+    # test-dev: an image list + detections (the fixture's val images stand in).
+    _link(f / "coco" / "test_coco.json", root / "coco/annotations/image_info_test-dev2017.json")
+    _link(f / "coco", root / "coco/test2017")
+    _link(
+        f / "coco" / "test_coco_det_AP_H_56.json",
+        root / "coco/person_detection_results/COCO_test-dev2017_detections_AP_H_609_person.json",
+    )
+    _link(f / "aic" / "test_aic.json", root / "aic/annotations/aic_val.json")
+    _link(
+        f / "aic",
+        root / "aic/ai_challenger_keypoint_validation_20170911/keypoint_validation_images_20170911",
+    )
+    _link(f / "mpii" / "test_mpii.json", root / "mpii/annotations/mpii_val.json")
+    _link(f / "mpii", root / "mpii/images")
+    _link(f / "ap10k" / "test_ap10k.json", root / "ap10k/annotations/ap10k-test-split1.json")
+    _link(f / "ap10k", root / "ap10k/data")
+    _link(
+        f / "ochuman" / "test_ochuman.json",
+        root / "ochuman/annotations/ochuman_coco_format_test_range_0.00_1.00.json",
+    )
+    _link(f / "ochuman", root / "ochuman/images")
+    return root
+
+
+def _tiny_official(kind: str) -> dict:
+    """A small model at a preset width (384: ViT-S heads), saved as the release files are:
+    official key names under ``state_dict``, no posebh metadata."""
+    torch.manual_seed(0)
+    preset = "posebh_vit_small" if kind == "posebh" else "vitpose_plus_small"
+    extra = {"proto_channels": 16} if kind == "posebh" else {}
+    model = build_model(preset, depth=1, head_filters=16, **extra)
+    return {"state_dict": to_official(model.state_dict()), "meta": {"note": "test"}}
+
+
+@pytest.fixture(scope="module")
+def fixture_weights(tmp_path_factory) -> Path:
+    weights = tmp_path_factory.mktemp("weights")
+    torch.save(_tiny_official("vitpose_plus"), weights / "vitpose+_base.pth")
+    torch.save(_tiny_official("posebh"), weights / "posebh_base.pth")
+    return weights
+
+
+@pytest.mark.slow
+def test_real_mode_on_fixtures(fixture_root: Path, fixture_weights: Path, tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    status = reproduce_main(
+        ["--data-root", str(fixture_root), "--weights", str(fixture_weights), "--out", str(out),
+         "--no-progress", "--models", "vitpose_plus_b,posebh_b,posebh_h"],
+        table="table1",
+    )  # fmt: skip
+    report = json.loads((out / "results.json").read_text())
+    cells = {(c["dataset"], c["metric"], c["model"]): c for c in report["cells"]}
+    assert report["mode"] == "real" and report["comparable_with_published"] is True
+    # The random tiny model is far from the published numbers: real cells fail → exit 1.
+    assert status == 1
+    coco = cells[("coco", "AP", "posebh_b")]
+    assert coco["expected"] == 77.3 and coco["measured"] is not None
+    assert coco["status"] == "fail"
+    assert coco["delta"] == pytest.approx(coco["measured"] - 77.3)
+    # Independent of the harness: split the file as model_split.py does, evaluate directly.
+    state = torch.load(fixture_weights / "posebh_base.pth", weights_only=True)
+    split = load_official({"state_dict": split_official(state, "coco", keep_prototype_head=True)})
+    direct = evaluate(
+        split,
+        default_spec("coco", "val", fixture_root),
+        protocol=default_protocol("coco"),
+        progress=False,
+        log=None,
+    )
+    assert coco["measured"] == pytest.approx(100 * direct.metrics["AP"], abs=1e-9)
+    assert report["rows"][0]["boxes"].startswith("detections")
+    # Missing inputs are reported per cell, naming the file — never dropped.
+    apt = cells[("apt36k", "AP", "posebh_b")]
+    assert apt["status"] == "not run" and "ap36k" in apt["note"]
+    mpii = cells[("mpii", "PCKh", "vitpose_plus_b")]
+    assert mpii["status"] == "not run" and "mpii_gt_val.mat" in mpii["note"]
+    huge = cells[("coco", "AP", "posebh_h")]
+    assert huge["status"] == "not run" and "posebh_huge.pth not found" in huge["note"]
+    # AP-10K (expert 3) and WholeBody (expert 5, the wholebody part) ran.
+    assert cells[("ap10k", "AP", "posebh_b")]["measured"] is not None
+    assert cells[("coco_wholebody", "AP", "vitpose_plus_b")]["measured"] is not None
+    md = (out / "results.md").read_text()
+    assert "77.3 / " in md and "✗" in md
+    assert report["provenance"]["commit"] is None or len(report["provenance"]["commit"]) == 40
+    assert report["checkpoints"]["posebh_b"]["multi_dataset"] is True
+
+
+@pytest.mark.slow
+def test_real_mode_test_dev_writes_submission(
+    fixture_root: Path, fixture_weights: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "run"
+    reproduce_main(
+        ["--data-root", str(fixture_root), "--weights", str(fixture_weights), "--out", str(out),
+         "--no-progress", "--no-plots", "--models", "posebh_b"],
+        table="table3",
+    )  # fmt: skip
+    report = json.loads((out / "results.json").read_text())
+    cells = {(c["dataset"], c["metric"]): c for c in report["cells"]}
+    sub = cells[("coco", "AP")]
+    assert sub["status"] == "submission" and sub["measured"] is None
+    predictions = json.loads((Path(sub["eval_dir"]) / "predictions.json").read_text())
+    assert predictions and {"image_id", "category_id", "keypoints", "score"} <= set(predictions[0])
+    assert len(predictions[0]["keypoints"]) == 17 * 3
+    # OCHuman runs with the COCO expert and head, GT boxes.
+    assert cells[("ochuman", "AP")]["measured"] is not None
+
+
+def test_cli_errors_are_explained(capsys) -> None:
+    assert reproduce_main(["--weights", "w"], table="table1") == 2
+    assert "needs both --data-root and --weights" in capsys.readouterr().err
+    assert reproduce_main(["--models", "nope"], table="table1") == 2
+    assert "not columns of table1" in capsys.readouterr().err
+
+
+def test_train_mode_dry_run_prints_the_official_recipes(capsys, tmp_path: Path) -> None:
+    status = reproduce_main(
+        ["--data-root", "data", "--train", "--dry-run", "--gpus", "8", "--out", str(tmp_path)],
+        table="table1",
+    )
+    out = capsys.readouterr().out
+    assert status == 0
+    lines = [line for line in out.splitlines() if line.startswith("$ torchrun")]
+    # The baseline first, then PoseBH from it; the huge PoseBH from the huge ViTPose++.
+    assert "--preset vitpose_plus_vit_base" in lines[0]
+    posebh_b = next(line for line in lines if "--preset posebh_vit_base" in line)
+    assert "vitpose+_base/model.pth" in posebh_b
+    assert any("--preset posebh_vit_huge" in line for line in lines)
+
+
+def test_synthetic_cells_are_never_compared(fixture_root: Path, fixture_weights: Path) -> None:
+    table = load_table("table2")
+    ctx = RunContext(
+        data_root=fixture_root, weights=fixture_weights, mode="synthetic", measured_label="x",
+        progress=False,
+    )  # fmt: skip
+    run = evaluate_table(table, ctx, fixture_root / ".." / "unused", log=None)
+    assert all(c.status in ("synthetic", "not run") for c in run.cells)
+    assert not run.failed()
+
+
+# ------------------------------------------------------------------------------------------
+# Metric regression
+# ------------------------------------------------------------------------------------------
+
+
+def test_compare_reports_moved_and_missing_metrics() -> None:
+    base = {"coco val AP": 98.9, "aic val AP": 76.5, "mpii val PCKh": 100.0}
+    measured = {"coco val AP": 98.93, "aic val AP": 70.0, "pw3d test AP": 100.0}
+    diffs = {d.key: d for d in regression.compare(base, measured, 0.05)}
+    assert set(diffs) == {"aic val AP", "mpii val PCKh", "pw3d test AP"}
+    assert diffs["aic val AP"].delta == pytest.approx(-6.5)
+    assert diffs["mpii val PCKh"].measured is None
+    text = regression.format_diff("protocol", list(diffs.values()), 3)
+    assert "3 of 3 metrics outside" in text and "missing" in text
+
+
+def test_shortened_schedule_keeps_proportions() -> None:
+    from posebh.training import get_preset
+
+    cfg = regression.shortened(get_preset("posebh_tiny_synth"), 80)
+    assert cfg.length == 80
+    assert sorted({e.at for e in cfg.events}) == [0, 40, 72]
+    assert cfg.optim.milestones == (40, 72)
+
+
+@pytest.fixture(scope="module")
+def regression_cache(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("regression_cache")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("broken", [False, True])
+def test_protocol_regression_fails_with_a_broken_decode(
+    broken: bool, regression_cache: Path, monkeypatch, tmp_path: Path
+) -> None:
+    """The committed protocol baseline holds; a decode that mixes up the UDP and the plain
+    heatmap → image transforms (the classic sub-pixel bug) moves the metrics out of tolerance
+    and the regression says which."""
+    if broken:
+        real = ops.decode_heatmaps
+
+        def decode_with_swapped_transform(*args, **kwargs):
+            kwargs["use_udp"] = not kwargs.get("use_udp", False)
+            return real(*args, **kwargs)
+
+        monkeypatch.setattr(ops, "decode_heatmaps", decode_with_swapped_transform)
+    ok, report = regression.run_regression(
+        ["protocol"],
+        cache_dir=regression_cache,
+        out_dir=tmp_path,
+        datasets=["coco", "aic", "coco_wholebody"],
+        log=None,
+    )
+    if not broken:
+        assert ok, report
+        return
+    assert not ok
+    assert "outside their tolerance" in report
+    failing = json.loads((tmp_path / "regression.json").read_text())["protocol"]["failures"]
+    keys = {f["key"] for f in failing}
+    assert "coco val AP" in keys and "aic val AP" in keys
+    assert all(f["measured"] < f["baseline"] for f in failing if f["key"].endswith(" AP"))
