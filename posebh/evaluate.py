@@ -468,9 +468,7 @@ def evaluate(
         spec = dataset
     else:
         name = get_skeleton(dataset).name
-        spec = default_spec(
-            name, split, data_root, use_gt_bbox=True if oracle else use_gt_bbox
-        )
+        spec = default_spec(name, split, data_root, use_gt_bbox=True if oracle else use_gt_bbox)
     name = get_skeleton(spec.name).name
     if oracle and not spec.use_gt_bbox:
         spec = dataclasses.replace(spec, use_gt_bbox=True, det_file=None)
