@@ -5,10 +5,10 @@ All sessions use ``venv_backend="none"``: they run in the environment where
 reinstall torch (~200 MB) every run, and on these machines only an exact CPU wheel
 keeps pip from pulling a CUDA build.  Install once, then run ``nox``.
 
-Default sessions (what CI runs): ``lint`` then ``tests``.  ``nox -s bench`` (not a default:
-it times for minutes) runs ``posebh bench`` and writes ``results/bench/<UTC time>/`` with
-``bench.json``, ``bench.md`` and ``bench.png``; arguments after ``--`` go to ``posebh bench``,
-e.g. ``nox -s bench -- -k decode``.
+Default sessions (what CI runs): ``lint``, ``tests``, then ``regression``.
+``nox -s bench`` (not a default: it times for minutes) runs ``posebh bench`` and writes
+``results/bench/<UTC time>/`` with ``bench.json``, ``bench.md`` and ``bench.png``; arguments
+after ``--`` go to ``posebh bench``, e.g. ``nox -s bench -- -k decode``.
 
 Reproduction (tag ``reproduce``, ``nox -t reproduce`` runs them all): ``reproduce_table1`` …
 ``reproduce_table5`` and ``reproduce_ablations`` run ``reproduce/<name>.py``; with no
@@ -24,7 +24,7 @@ import nox
 
 TABLES = ("table1", "table2", "table3", "table4", "table5")
 
-nox.options.sessions = ["lint", "tests"]
+nox.options.sessions = ["lint", "tests", "regression"]
 nox.options.default_venv_backend = "none"
 
 
@@ -47,6 +47,15 @@ def tests(session: nox.Session) -> None:
 def bench(session: nox.Session) -> None:
     """Timed benchmarks: JSON, Markdown table and speed-up plot (see ``posebh bench --help``)."""
     session.run("python", "-m", "posebh.cli", "bench", *session.posargs)
+
+
+@nox.session(venv_backend="none")
+def regression(session: nox.Session) -> None:
+    """Recompute the committed metric baselines (reproduce/baselines/); fail on any drift.
+
+    ``nox -s regression -- --refresh`` rewrites them (deliberately; commit with a reason).
+    """
+    session.run("python", "-m", "posebh.reproduce.regression", *session.posargs)
 
 
 def _reproduce(name: str) -> None:

@@ -26,6 +26,7 @@ examples:
   posebh convert vitpose+_base.pth hf_weights.pth --to hf
   posebh train --preset vitpose_plus_tiny_synth --data-root data --work-dir work/vitpose
   posebh synth --out data_synth --preset mini --seed 0
+  posebh crosstype --checkpoint work/posebh/final.pth --data-root data_synth --out results/ct
   posebh reproduce table1
   posebh reproduce table1 --data-root data --weights weights
   posebh visualize --dataset coco --data-root data --checkpoint work/posebh/final.pth
@@ -261,6 +262,67 @@ def _add_synth(sub: argparse._SubParsersAction) -> None:
     syn.add_argument("--force", action="store_true", help="regenerate even if cached")
     syn.add_argument("--workers", type=int, default=1, help="processes (same bytes for any number)")
     syn.set_defaults(func=_cmd_synth)
+
+
+def _cmd_crosstype(args: argparse.Namespace) -> int:
+    from posebh.crosstype import cross_type_eval, load_model
+
+    arch = {"num_heads": args.num_heads} if args.num_heads else {}
+    model = load_model(args.checkpoint, **arch)
+
+    def names(text: str | None) -> list[str] | None:
+        return [x.strip() for x in text.split(",") if x.strip()] if text else None
+
+    result = cross_type_eval(
+        model,
+        args.data_root,
+        heads=names(args.heads),
+        datasets=names(args.datasets),
+        split=args.split,
+        batch_size=args.batch_size,
+        route=args.route,
+        device=args.device,
+        progress=not args.no_progress,
+    )
+    result.meta["checkpoint"] = str(args.checkpoint)
+    out = args.out or Path("results") / "crosstype"
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "crosstype.json").write_text(json.dumps(result.to_dict(), indent=2))
+    md = f"# Cross-type matrix — {args.checkpoint} ({args.split}, route {args.route})\n\n"
+    (out / "crosstype.md").write_text(md + result.to_markdown())
+    print(result.to_markdown())
+    print(f"wrote {out / 'crosstype.json'} and {out / 'crosstype.md'}")
+    return 0
+
+
+def _add_crosstype(sub: argparse._SubParsersAction) -> None:
+    ct = sub.add_parser(
+        "crosstype",
+        help="cross-type matrix on SynthPose: each head's keypoints on every dataset's images",
+        description="For every head d and image set e whose SynthPose cross-type ground truth "
+        "exists (human skeletons on human images, quadruped on animal), run head d on e's val "
+        "instances (GT boxes) and score d's keypoints under d's official protocol (OKS AP "
+        "with d's sigmas, WholeBody AP, MPII PCKh). Writes crosstype.json and crosstype.md.",
+        epilog="example: posebh crosstype --checkpoint work/posebh/final.pth --data-root "
+        "data_synth --out results/crosstype",
+    )
+    ct.add_argument("--checkpoint", type=Path, required=True, help="final.pth or model.pth")
+    ct.add_argument("--data-root", type=Path, required=True, help="a `posebh synth` tree")
+    ct.add_argument("--out", type=Path, default=None, help="default results/crosstype")
+    ct.add_argument("--heads", default=None, help="comma-separated head datasets (rows)")
+    ct.add_argument("--datasets", default=None, help="comma-separated image sets (columns)")
+    ct.add_argument("--split", default="val", choices=("train", "val", "test"))
+    ct.add_argument(
+        "--route",
+        default="head",
+        choices=("head", "image"),
+        help="backbone expert: the head's dataset (default) or the image's",
+    )
+    ct.add_argument("--num-heads", type=int, default=None, help="attention heads (odd widths)")
+    ct.add_argument("--batch-size", type=int, default=64)
+    ct.add_argument("--device", default="cpu")
+    ct.add_argument("--no-progress", action="store_true")
+    ct.set_defaults(func=_cmd_crosstype)
 
 
 def _cmd_bench(args: argparse.Namespace) -> int:
@@ -532,6 +594,7 @@ def build_parser() -> argparse.ArgumentParser:
     conv.set_defaults(func=_cmd_convert)
     _add_train(sub)
     _add_synth(sub)
+    _add_crosstype(sub)
     _add_visualize(sub)
     _add_bench(sub)
     _add_reproduce(sub)
@@ -539,6 +602,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:2] == ["reproduce", "ablations"]:  # its own flags (no published cells)
+        from posebh.reproduce.ablations import main as ablations_main
+
+        return ablations_main(argv[2:])
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args) or 0)

@@ -308,3 +308,76 @@ def test_protocol_regression_fails_with_a_broken_decode(
     keys = {f["key"] for f in failing}
     assert "coco val AP" in keys and "aic val AP" in keys
     assert all(f["measured"] < f["baseline"] for f in failing if f["key"].endswith(" AP"))
+
+
+# ------------------------------------------------------------------------------------------
+# Synthetic default and ablations, end to end on the 'tiny' world with a few steps
+# ------------------------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_synthetic_default_end_to_end(tmp_path: Path) -> None:
+    cache, out = tmp_path / "cache", tmp_path / "run"
+    args = ["--world", "tiny", "--train-steps", "3", "--cache-dir", str(cache), "--out",
+            str(out), "--no-progress"]  # fmt: skip
+    assert reproduce_main(args, table="table5") == 0
+    report = json.loads((out / "results.json").read_text())
+    assert report["mode"] == "synthetic" and report["comparable_with_published"] is False
+    cells = {(c["metric"], c["model"]): c for c in report["cells"]}
+    assert cells[("AP", "posebh_b_rerun")]["expected"] == 83.8
+    for c in report["cells"]:
+        assert c["status"] == "synthetic" and c["measured"] is not None, c
+    # Transfer runs start from their multi-dataset stand-ins (4 runs in all), cached.
+    runs = report["provenance"]["synthetic"]["runs"]
+    assert set(runs) == {"vitpose_plus", "posebh", "vitpose_plus_pw3d", "posebh_pw3d"}
+    assert runs["posebh_pw3d"]["init"] == runs["posebh"]["model"]
+    assert all(r["steps"] == 3 for r in runs.values())
+    md = (out / "results.md").read_text()
+    assert "SYNTHETIC" in md and "NOT comparable" in md and "/ syn " in md
+    assert (out / "expected_vs_measured.png").stat().st_size > 0
+    assert (out / "plots" / "posebh_b_paper" / "overlays_pw3d.png").is_file()
+    # A second run reuses every cached model (no training: the runs' files are unchanged).
+    stamps = {n: Path(r["model"]).stat().st_mtime_ns for n, r in runs.items()}
+    assert reproduce_main([*args[:-3], "--out", str(tmp_path / "again"), "--no-progress",
+                           "--no-plots"], table="table5") == 0  # fmt: skip
+    assert stamps == {n: Path(r["model"]).stat().st_mtime_ns for n, r in runs.items()}
+
+
+def test_ablation_variants_change_one_thing() -> None:
+    from posebh.reproduce.ablations import VARIANTS, variant_config
+    from posebh.training import get_preset
+
+    recipe = get_preset("posebh_tiny_synth")
+    configs = {v.id: variant_config(v, recipe, 200) for v in VARIANTS if not v.baseline}
+    actions = {k: [e.action for e in c.events] for k, c in configs.items()}
+    assert "cps_init" not in actions["prototypes"] and "css_on" not in actions["prototypes"]
+    assert "cps_init" in actions["cps"] and "css_on" not in actions["cps"]
+    assert "css_on" in actions["full"] and actions["full"] == actions["m1"] == actions["official"]
+    assert configs["m5"].model_overrides["num_prototypes"] == 5
+    assert configs["official"].model_overrides["compat"] == "official"
+    assert "compat" not in configs["full"].model_overrides
+    assert all(c.length == 200 for c in configs.values())
+
+
+@pytest.mark.slow
+def test_ablations_end_to_end(tmp_path: Path) -> None:
+    from posebh.reproduce.ablations import main as ablations_main
+
+    out = tmp_path / "abl"
+    status = ablations_main(
+        ["--world", "tiny", "--steps", "4", "--baseline-steps", "3", "--only", "baseline,m1",
+         "--cache-dir",
+         str(tmp_path / "cache"), "--out", str(out), "--no-progress", "--no-cross-type"]
+    )  # fmt: skip
+    assert status == 0
+    report = json.loads((out / "results.json").read_text())
+    by_id = {v["id"]: v for v in report["variants"]}
+    assert set(by_id) == {"baseline", "m1"}
+    assert by_id["m1"]["model_overrides"] == {"num_prototypes": 1}
+    state = torch.load(by_id["m1"]["model"], weights_only=True)["state_dict"]
+    assert state["proto_head.kpt_prototype.prototypes"].shape[1] == 1  # M = 1 really trained
+    for v in by_id.values():
+        assert set(v["metrics"]) == {"coco val", "aic val", "mpii val", "ap10k test",
+                                     "apt36k test", "coco_wholebody val"}  # fmt: skip
+    assert "SYNTHETIC" in (out / "results.md").read_text()
+    assert (out / "ablations.png").is_file()

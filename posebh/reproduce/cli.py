@@ -41,6 +41,7 @@ examples:
   posebh reproduce table1
   posebh reproduce table3 --data-root data --weights weights --models posebh_b
   posebh reproduce table1 --data-root data --train --gpus 8 --dry-run
+  posebh reproduce ablations            # components, M, compat (see its --help)
   nox -s reproduce_table1 -- --data-root data --weights weights
 """
 
@@ -56,7 +57,7 @@ TRAIN_RECIPES: dict[str, tuple[str, str | None]] = {
 
 def add_arguments(p: argparse.ArgumentParser, *, with_table: bool = True) -> None:
     if with_table:
-        p.add_argument("table", choices=TABLE_NAMES, help="which table")
+        p.add_argument("table", choices=TABLE_NAMES, help="which table (or: ablations)")
     p.add_argument("--data-root", type=Path, default=None, help="official data/ tree (real mode)")
     p.add_argument("--weights", type=Path, default=None, help="folder of release checkpoints")
     p.add_argument("--train", action="store_true", help="train with the official recipes first")
@@ -67,6 +68,12 @@ def add_arguments(p: argparse.ArgumentParser, *, with_table: bool = True) -> Non
     p.add_argument("--cache-dir", type=Path, default=None, help="synthetic world + tiny runs")
     p.add_argument("--world", default="mini", help="SynthPose preset of the synthetic default")
     p.add_argument("--seed", type=int, default=0, help="seed of the world and the tiny runs")
+    p.add_argument(
+        "--train-steps",
+        type=int,
+        default=None,
+        help="synthetic default: compress every tiny run to N steps (a quick look)",
+    )
     p.add_argument("--device", default=None, help="evaluation device (default: cpu / cuda)")
     p.add_argument("--batch-size", type=int, default=32, help="evaluation batch size")
     p.add_argument(
@@ -176,6 +183,7 @@ def run(args: argparse.Namespace, table_name: str | None = None) -> int:
         from posebh.reproduce.synthetic import prepare
 
         mode = "synthetic"
+        steps = f", every run compressed to {args.train_steps} steps" if args.train_steps else ""
         out = args.out or Path("results") / table.name / _run_id(mode)
         setup = prepare(
             {m.id: m.checkpoint for m in table.models if not models or m.id in models},
@@ -183,12 +191,13 @@ def run(args: argparse.Namespace, table_name: str | None = None) -> int:
             cache_dir=args.cache_dir,
             world_preset=args.world,
             seed=args.seed,
+            train_steps=args.train_steps,
             progress=progress,
         )
         context = RunContext(
             data_root=setup.data_root, weights=setup.weights, mode="synthetic",
             measured_label=f"tiny stand-in models trained on SynthPose '{args.world}' "
-            f"(seed {args.seed}) and evaluated on its {table.name} splits",
+            f"(seed {args.seed}{steps}) and evaluated on its {table.name} splits",
             absent=setup.absent, specs=_synthetic_specs(table, setup.data_root, out),
         )  # fmt: skip
         extra["synthetic"] = {"world": setup.world, "runs": setup.runs}
@@ -252,6 +261,11 @@ def _synthetic_specs(table: Table, world: Path, out: Path) -> dict[tuple[str, st
 
 def main(argv: Sequence[str] | None = None, table: str | None = None) -> int:
     """Entry point; ``table`` fixes the table (the ``reproduce/table<N>.py`` scripts)."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if table is None and argv[:1] == ["ablations"]:
+        from posebh.reproduce.ablations import main as ablations_main
+
+        return ablations_main(argv[1:])
     parser = build_parser()
     if table is not None:
         parser = argparse.ArgumentParser(

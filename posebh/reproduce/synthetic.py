@@ -227,6 +227,7 @@ def prepare(
     cache_dir: Path | None = None,
     world_preset: str = "mini",
     seed: int = 0,
+    train_steps: int | None = None,
     progress: bool = True,
     log: Callable[[str], None] | None = print,
 ) -> SyntheticSetup:
@@ -234,6 +235,8 @@ def prepare(
     models into ``out_dir/weights`` under the release file names.
 
     ``checkpoint_names``: model id → release file name (a table's columns).
+    ``train_steps`` compresses every run to that many steps (schedule proportions kept; a
+    quick look, or a test), else each tiny recipe runs its full length.
     """
     cache_dir = Path(cache_dir or default_cache_dir())
     world, manifest = ensure_world(cache_dir, world_preset, seed, progress)
@@ -247,9 +250,15 @@ def prepare(
     runs: dict[str, dict[str, Any]] = {}
     for name in _needed_runs(wanted):
         init = models.get(RUNS[name].init) if RUNS[name].init else None
+        config = run_config(name, seed)
+        if train_steps is not None:
+            from posebh.reproduce.regression import shortened
+
+            config = shortened(config, train_steps)
         models[name] = ensure_run(
-            name, world, cache_dir, seed=seed, init=init, progress=progress, log=log
-        )
+            name, world, cache_dir, seed=seed, init=init, config=config, progress=progress,
+            log=log,
+        )  # fmt: skip
         info = json.loads((models[name].parent / "reproduce_done.json").read_text())
         runs[name] = {**info, "model": str(models[name])}
     weights = out_dir / "weights"

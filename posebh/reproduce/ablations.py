@@ -1,0 +1,372 @@
+"""Ablations (no published cells: run and reported): the components of PoseBH added one by
+one, the number of in-class prototypes M, and ``compat="official"`` against the corrected
+equations.
+
+Every variant continues from the same multi-head baseline with the PoseBH recipe changed in
+one place:
+
+* components — multi-head baseline (ViTPose++) → + prototypes (no CPS, no CSS events) → + CPS
+  (no CSS event) → + CSS (the full recipe);
+* M ∈ {1, 3, 5} — ``model.num_prototypes`` (M = 3 is the full recipe);
+* compat — ``model.compat="official"`` (the released code's equations, deviations included)
+  against the default ``"paper"``.
+
+Synthetic default: the tiny recipes on SynthPose, the PoseBH stage compressed to
+``--steps`` steps (schedule proportions kept) so the seven runs fit in minutes; each variant
+is evaluated on the six training datasets (GT boxes) and, when the world stores cross-type
+ground truth, on the cross-type measurement (how well each human head predicts its own
+keypoints on the other datasets' images — what CSS is meant to improve).
+``--data-root D --train`` prints (``--dry-run``) or launches the official-recipe variants.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import datetime as _dt
+import json
+import shlex
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from posebh.reproduce.regression import TRAINING_SPLITS
+
+__all__ = ["VARIANTS", "Variant", "main", "run_ablations", "variant_config"]
+
+#: (dataset, split) evaluated per variant: table 1's rows (GT boxes), as the regression.
+ABLATION_SPLITS = TRAINING_SPLITS
+
+
+@dataclass(frozen=True)
+class Variant:
+    """One ablation run: the PoseBH recipe minus some events / with some model overrides."""
+
+    id: str
+    label: str
+    group: tuple[str, ...]
+    drop_actions: tuple[str, ...] = ()
+    model: Mapping[str, Any] = field(default_factory=dict)
+    baseline: bool = False  # the multi-head baseline itself (no PoseBH stage)
+
+
+VARIANTS: tuple[Variant, ...] = (
+    Variant("baseline", "multi-head baseline (ViTPose++)", ("components",), baseline=True),
+    Variant("prototypes", "+ prototypes", ("components",), drop_actions=("cps_init", "css_on")),
+    Variant("cps", "+ CPS", ("components",), drop_actions=("css_on",)),
+    Variant("full", "+ CSS (full PoseBH, M = 3, paper)", ("components", "M", "compat")),
+    Variant("m1", "M = 1", ("M",), model={"num_prototypes": 1}),
+    Variant("m5", "M = 5", ("M",), model={"num_prototypes": 5}),
+    Variant("official", 'compat = "official"', ("compat",), model={"compat": "official"}),
+)
+
+
+def variant_config(variant: Variant, base_config, steps: int | None = None):
+    """The PoseBH recipe ``base_config`` changed as ``variant`` says (``steps``: compressed)."""
+    from posebh.reproduce.regression import shortened
+
+    config = base_config
+    if steps is not None and steps != config.length:
+        config = shortened(config, steps)
+    events = tuple(e for e in config.events if e.action not in variant.drop_actions)
+    model = {**config.model_overrides, **variant.model}
+    return dataclasses.replace(config, events=events, model_overrides=model)
+
+
+def _headline(metrics: Mapping[str, Any], dataset: str) -> tuple[str, float | None]:
+    from posebh.reproduce.tables import read_metric
+
+    if dataset == "mpii":
+        return "PCKh", read_metric(metrics, "PCKh")
+    if dataset == "coco_wholebody":
+        return "AP", read_metric(metrics, "AP", part="wholebody")
+    return "AP", read_metric(metrics, "AP")
+
+
+def _evaluate_model(
+    path: Path, world: Path, progress: bool, cross_type: bool
+) -> tuple[dict[str, Any], dict[str, Any] | None]:
+    import torch
+
+    from posebh.checkpoint import load_official
+    from posebh.evaluate import evaluate
+
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    values: dict[str, Any] = {}
+    for dataset, split in ABLATION_SPLITS:
+        model = load_official(state, dataset=dataset)
+        result = evaluate(
+            model, dataset, data_root=world, split=split, use_gt_bbox=True, progress=progress,
+            log=None,
+        )  # fmt: skip
+        metric, value = _headline(result.metrics, dataset)
+        values[f"{dataset} {split}"] = {"metric": metric, "value": value}
+    cross = None
+    if cross_type:
+        try:
+            from posebh.crosstype import cross_type_eval
+        except ImportError:
+            cross = None
+        else:
+            result = cross_type_eval(load_official(state), world, progress=progress)
+            cross = result.to_dict()
+    return values, cross
+
+
+def _mean(values: Mapping[str, Any]) -> float | None:
+    xs = [v["value"] for v in values.values() if v["value"] is not None]
+    return sum(xs) / len(xs) if xs else None
+
+
+def run_ablations(
+    out_dir: Path,
+    *,
+    cache_dir: Path | None = None,
+    world_preset: str = "mini",
+    seed: int = 0,
+    steps: int | None = 200,
+    baseline_steps: int | None = None,
+    only: Sequence[str] | None = None,
+    cross_type: bool = True,
+    progress: bool = True,
+    log: Callable[[str], None] | None = print,
+) -> dict[str, Any]:
+    """Train (or reuse) every variant on SynthPose, evaluate, and write the report.
+
+    ``steps``: the PoseBH stage of each variant; ``baseline_steps``: the shared multi-head
+    baseline (``None``: the full tiny recipe, the same cached model as the tables use)."""
+    from posebh.reproduce.harness import provenance
+    from posebh.reproduce.synthetic import (
+        default_cache_dir,
+        ensure_run,
+        ensure_world,
+        run_config,
+    )
+
+    start = time.perf_counter()
+    cache_dir = Path(cache_dir or default_cache_dir())
+    world, _ = ensure_world(cache_dir, world_preset, seed, progress)
+    base_config = run_config("vitpose_plus", seed)
+    if baseline_steps is not None:
+        from posebh.reproduce.regression import shortened
+
+        base_config = shortened(base_config, baseline_steps)
+    base = ensure_run(
+        "vitpose_plus", world, cache_dir, config=base_config, progress=progress, log=log
+    )
+    posebh_recipe = run_config("posebh", seed)
+    rows: list[dict[str, Any]] = []
+    for v in VARIANTS:
+        if only and v.id not in only:
+            continue
+        if v.baseline:
+            path, config = base, base_config
+        else:
+            config = variant_config(v, posebh_recipe, steps)
+            path = ensure_run(
+                f"ablation_{v.id}", world, cache_dir, init=base, config=config,
+                progress=progress, log=log,
+            )  # fmt: skip
+        if log:
+            log(f"[ablations] evaluating {v.label}")
+        values, cross = _evaluate_model(path, world, progress, cross_type)
+        rows.append(
+            {
+                "id": v.id,
+                "label": v.label,
+                "groups": list(v.group),
+                "recipe": config.preset,
+                "steps": config.length,
+                "events": [f"{e.at}:{e.describe()}" for e in config.events],
+                "model_overrides": {k: v2 for k, v2 in v.model.items()},
+                "model": str(path),
+                "metrics": values,
+                "mean": _mean(values),
+                "cross_type": cross,
+            }
+        )
+    report = {
+        "what": "PoseBH ablations on the SynthPose synthetic world (no published cells)",
+        "measured_on": f"SynthPose '{world_preset}' (seed {seed}); tiny models; NOT comparable "
+        "with any published number",
+        "posebh_stage_steps": steps,
+        "variants": rows,
+        "provenance": provenance({"command": shlex.join(sys.argv), "seed": seed}),
+        "wall_time_s": round(time.perf_counter() - start, 1),
+    }
+    write_report(report, out_dir)
+    return report
+
+
+def markdown(report: Mapping[str, Any]) -> str:
+    from tabulate import tabulate
+
+    variants = report["variants"]
+    if not variants:
+        return "no variants run"
+    splits = list(variants[0]["metrics"])
+    head = ["variant", "groups"] + [
+        f"{s} {variants[0]['metrics'][s]['metric']}" for s in splits
+    ] + ["mean"]  # fmt: skip
+
+    def f(x: float | None) -> str:
+        return "–" if x is None else f"{x:.1f}"
+
+    body = [
+        [v["label"], ", ".join(v["groups"])] + [f(v["metrics"][s]["value"]) for s in splits]
+        + [f(v["mean"])]
+        for v in variants
+    ]  # fmt: skip
+    lines = [
+        "# PoseBH ablations — SYNTHETIC (SynthPose, tiny models)",
+        "",
+        f"- measured on: {report['measured_on']}",
+        f"- PoseBH stage: {report['posebh_stage_steps']} steps per variant, from the same "
+        "multi-head baseline; GT boxes; AP/PCKh in percent",
+        f"- commit {report['provenance']['commit']}; versions {report['provenance']['versions']}",
+        "",
+        tabulate(body, headers=head, tablefmt="github", disable_numparse=True),
+        "",
+    ]
+    cross = [(v["label"], v["cross_type"]) for v in variants if v.get("cross_type")]
+    if cross:
+        lines += ["## Cross-type generalisation (own keypoints on other datasets' images)", ""]
+        for label, c in cross:
+            summary = c.get("summary") if isinstance(c, Mapping) else None
+            lines.append(f"- {label}: {json.dumps(summary) if summary else '(see JSON)'}")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def write_report(report: Mapping[str, Any], out_dir: Path) -> dict[str, str]:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    files = {"json": out_dir / "results.json", "markdown": out_dir / "results.md"}
+    files["json"].write_text(json.dumps(report, indent=2, default=str))
+    files["markdown"].write_text(markdown(report))
+    if report["variants"]:
+        files["plot"] = _plot(report, out_dir / "ablations.png")
+    return {k: str(v) for k, v in files.items()}
+
+
+def _plot(report: Mapping[str, Any], path: Path) -> Path:
+    import numpy as np
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    variants = report["variants"]
+    splits = list(variants[0]["metrics"])
+    fig = Figure(figsize=(11, 4.8))
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot(1, 1, 1)
+    width = 0.8 / len(variants)
+    x = np.arange(len(splits))
+    for i, v in enumerate(variants):
+        ys = [v["metrics"][s]["value"] or 0.0 for s in splits]
+        ax.bar(x + i * width, ys, width, label=v["label"])
+    ax.set_xticks(x + 0.4 - width / 2, [s.replace(" ", "\n") for s in splits])
+    ax.set_ylabel("AP / PCKh (%)")
+    ax.set_title("PoseBH ablations — SYNTHETIC world, tiny models (not comparable to the paper)")
+    ax.legend(fontsize=7, ncol=2)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100, metadata={"Software": None})
+    return path
+
+
+def _train_plan(args: argparse.Namespace) -> list[list[str]]:
+    """The official-recipe variants for a GPU cluster (``--train``)."""
+    from posebh.training import get_preset
+
+    base = get_preset("posebh_vit_base")
+    plan = []
+    for v in VARIANTS:
+        if v.baseline:
+            continue
+        cmd = [
+            "torchrun", f"--nproc_per_node={args.gpus}", "-m", "posebh.train",
+            "--preset", "posebh_vit_base", "--data-root", str(args.data_root),
+            "--work-dir", str(args.out / "work" / v.id), "--init", str(args.init),
+        ]  # fmt: skip
+        if v.drop_actions:
+            kept = [f"{e.at}:{e.action}:{e.target}".rstrip(":") for e in base.events
+                    if e.action not in v.drop_actions]  # fmt: skip
+            cmd += ["--set", "events=" + json.dumps(kept)]
+        for k, val in v.model.items():
+            cmd += ["--set", f"model.{k}={json.dumps(val)}"]
+        plan.append(cmd)
+    return plan
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    p = argparse.ArgumentParser(
+        prog="reproduce/ablations.py",
+        description="PoseBH ablations: components, M, compat (synthetic default).",
+        epilog=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--out", type=Path, default=None)
+    p.add_argument("--cache-dir", type=Path, default=None)
+    p.add_argument("--world", default="mini")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--steps", type=int, default=200, help="PoseBH-stage steps per variant")
+    p.add_argument(
+        "--baseline-steps", type=int, default=None, help="multi-head baseline steps (full)"
+    )
+    p.add_argument("--only", default=None, help="comma-separated variant ids")
+    p.add_argument("--no-cross-type", action="store_true")
+    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--data-root", type=Path, default=None, help="--train: official data/")
+    p.add_argument("--weights", type=Path, default=None, help=argparse.SUPPRESS)
+    p.add_argument("--train", action="store_true")
+    p.add_argument("--init", type=Path, default=Path("weights/vitpose+_base.pth"))
+    p.add_argument("--gpus", type=int, default=8)
+    p.add_argument("--dry-run", action="store_true")
+    args = p.parse_args(argv)
+    stamp = _dt.datetime.now(_dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    if args.weights is not None:
+        print(
+            "reproduce/ablations.py: error: no ablation checkpoints are released; use "
+            "--data-root D --train (GPU cluster) or the synthetic default",
+            file=sys.stderr,
+        )
+        return 2
+    if args.train:
+        if args.data_root is None:
+            print("reproduce/ablations.py: error: --train needs --data-root", file=sys.stderr)
+            return 2
+        args.out = args.out or Path("results") / "ablations" / f"train-{stamp}"
+        plan = _train_plan(args)
+        for cmd in plan:
+            print("$ " + shlex.join(cmd))
+        if not args.dry_run:
+            for cmd in plan:
+                subprocess.run(cmd, check=True)
+        return 0
+    only = [s.strip() for s in args.only.split(",")] if args.only else None
+    unknown = [o for o in only or [] if o not in {v.id for v in VARIANTS}]
+    if unknown:
+        ids = [v.id for v in VARIANTS]
+        print(f"reproduce/ablations.py: error: unknown variants {unknown}; {ids}", file=sys.stderr)
+        return 2
+    out = args.out or Path("results") / "ablations" / f"synthetic-{stamp}"
+    report = run_ablations(
+        out,
+        cache_dir=args.cache_dir,
+        world_preset=args.world,
+        seed=args.seed,
+        steps=args.steps,
+        baseline_steps=args.baseline_steps,
+        only=only,
+        cross_type=not args.no_cross_type,
+        progress=not args.no_progress,
+    )
+    print(markdown(report))
+    print(f"wrote {out}/results.md, results.json, ablations.png ({report['wall_time_s']} s)")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,14 @@
+"""Ablations: multi-head baseline → + prototypes → + CPS → + CSS; M ∈ {1, 3, 5}; compat.
+
+    python reproduce/ablations.py                 # synthetic default (SynthPose, tiny models)
+    python reproduce/ablations.py --data-root data --train --dry-run   # official recipes
+
+Same as `nox -s reproduce_ablations -- ...`; --help explains the variants.
+"""
+
+import sys
+
+from posebh.reproduce.ablations import main
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
