@@ -408,6 +408,9 @@ def test_cross_gt_of_own_skeleton_equals_the_annotation_file(
         for i, c in cross.items():
             for f in fields if dataset == "coco_wholebody" else ("keypoints",):
                 assert c[f] == anns[i][f], (dataset, split, i, f)
+            assert c["bbox"] == anns[i]["bbox"], (dataset, split, i)
+            if "area" in anns[i]:
+                assert c["area"] == anns[i]["area"], (dataset, split, i)
 
 
 def test_cross_gt_splits_follow_the_layout_and_kinds_are_checked(
@@ -420,3 +423,64 @@ def test_cross_gt_splits_follow_the_layout_and_kinds_are_checked(
         cross_type_gt(out, "ap10k", "coco", "val")
     with pytest.raises(FileNotFoundError):
         cross_type_gt(out, "ochuman", "coco", "train")
+
+
+# ------------------------------------------------------------------------------------------
+# Areas and head boxes
+# ------------------------------------------------------------------------------------------
+
+
+def test_segment_area_fills_holes_and_keeps_thin_shapes() -> None:
+    from posebh.synth.scene import segment_area
+
+    frame = np.zeros((60, 50), dtype=bool)
+    frame[10:50, 5:45] = True
+    frame[13:47, 8:42] = False  # a 3-px square frame: its inside is a hole
+    assert segment_area(frame) == 40 * 40
+    line = np.zeros((60, 50), dtype=bool)
+    line[5:55, 20] = True  # nothing to bridge: the closing adds no pixel
+    assert segment_area(line) == 50
+    assert segment_area(np.zeros((4, 4), dtype=bool)) == 0
+
+
+def test_coco_area_is_the_segment_area(synth: tuple[Path, Manifest]) -> None:
+    """COCO / WholeBody ``area`` = the figure's segment area: at least its visible pixels,
+    at most its box, and about 0.4 of the box on average (real COCO ≈ 0.53)."""
+    out, _ = synth
+    ratios = []
+    for split in ("train", "val"):
+        figs = {
+            f["id"]: f
+            for f in json.loads((out / f"synthpose/cross_gt/coco_{split}.json").read_text())[
+                "figures"
+            ]
+        }
+        for name in ("coco", "coco_wholebody"):
+            anns = json.loads(Path(default_spec(name, split, out).ann_file).read_text())
+            for a in anns["annotations"]:
+                f = figs[a["id"]]
+                w, h = a["bbox"][2:]
+                assert a["area"] == f["segment_area"]
+                assert f["visible_area"] <= a["area"] <= w * h + 1e-6
+                if name == "coco" and a["num_keypoints"] > 0:
+                    ratios.append(a["area"] / (w * h))
+    assert ratios and 0.3 < float(np.mean(ratios)) < 0.6
+
+
+def test_cross_gt_head_box_is_the_mpii_mat_head_box(synth: tuple[Path, Manifest]) -> None:
+    from posebh.evaluation import load_mpii_gt
+
+    out, _ = synth
+    spec = default_spec("mpii", "val", out)
+    gt = load_mpii_gt(spec.gt_file)
+    figs = [
+        f
+        for f in json.loads((out / "synthpose/cross_gt/mpii_val.json").read_text())["figures"]
+        if f["annotated"]
+    ]
+    boxes = np.transpose(gt["headboxes_src"], (2, 0, 1))  # [N, corner, (x, y)]
+    assert len(figs) == len(boxes) > 0
+    for f in figs:
+        np.testing.assert_allclose(
+            np.asarray(f["head_box"]).reshape(2, 2) + 1.0, boxes[f["id"]], atol=1e-4
+        )

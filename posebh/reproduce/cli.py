@@ -114,7 +114,14 @@ def _train_plan(table: Table, args: argparse.Namespace, work: Path) -> list[list
     done: set[str] = set()
 
     def add(fname: str) -> None:
-        if fname in done or fname not in TRAIN_RECIPES:
+        if fname in done:
+            return
+        if fname not in TRAIN_RECIPES:
+            done.add(fname)
+            print(
+                f"# no training recipe in posebh for {fname} (its numbers come from another "
+                "codebase); put the file in the weights folder of a --weights run instead"
+            )
             return
         preset, init = TRAIN_RECIPES[fname]
         if init:

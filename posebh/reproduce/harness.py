@@ -398,6 +398,9 @@ def headline(run: TableRun) -> list[str]:
         {f"{DISPLAY_NAMES.get(r.dataset, r.dataset)} {r.split}: {r.boxes}" for r in t.rows}
     )
     lines += ["boxes: " + "; ".join(boxes)]
+    prov = provenance()
+    versions = ", ".join(f"{k} {v}" for k, v in prov["versions"].items())
+    lines.append(f"commit {prov['commit'] or 'unknown'}; {versions}")
     return lines
 
 

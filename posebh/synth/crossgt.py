@@ -16,8 +16,10 @@ interhand2d)::
           "image_id", "source_ann_id": int | null, "annotated": bool,
           "kind", "category_id", "hand" (hands only),
           "visible_bbox": [x, y, w, h] | null, "visible_area": int (pixels),
+          "segment_area": int (an annotator's outline of the visible pixels: COCO's area),
           "amodal_bbox": [x, y, w, h] (all shapes, clipped to the image),
           "px_per_m", "scale", "height_px",
+          "head_box": [x0, y0, x1, y1] (humans: the MPII head box, 0-based pixels),
           "keypoints": {skeleton: [x1, y1, v1, ...]},   # every compatible skeleton
           "wholebody_valid": {part: bool}, "wholebody_boxes": {part: [x, y, w, h]}  # humans
       }]
@@ -152,7 +154,7 @@ def load_cross_gt(
 
 def _bbox_area(fig: dict[str, Any], target: str, kpts: list[float]) -> tuple[list[float], float]:
     if target in _VISIBLE_BOX and fig["visible_bbox"] is not None:
-        return list(fig["visible_bbox"]), float(fig["visible_area"])
+        return list(fig["visible_bbox"]), float(fig["segment_area"])
     if target == "interhand2d":
         xs = [kpts[i] for i in range(0, len(kpts), 3) if kpts[i + 2] > 0]
         ys = [kpts[i + 1] for i in range(0, len(kpts), 3) if kpts[i + 2] > 0]
@@ -179,8 +181,9 @@ def cross_type_gt(
     "val"), results, sigmas="coco")``. ``annotated_only`` keeps the figures the source dataset
     annotates (the instances a top-down model is run on); False adds every other drawn
     figure. Boxes and areas follow the *target* dataset's convention (COCO / WholeBody: the
-    visible pixels; others: the full box, area w·h). A WholeBody target carries the five part
-    fields, the ``<part>_valid`` flags and part boxes, as ``coco_wholebody_*_v1.0.json``.
+    visible pixels' box and segment area; others: the full box, area w·h). A WholeBody
+    target carries the five part fields, the ``<part>_valid`` flags and part boxes, as
+    ``coco_wholebody_*_v1.0.json``.
 
     Raises ``ValueError`` when the target cannot describe the source's figures (a human
     skeleton on animals, say).

@@ -20,7 +20,7 @@ from posebh.datasets.interhand import project_world_to_pixel
 from .hand import FINGERS, add_hand, hand_prims, pose_to_local, sample_hand_pose
 from .kinematics import FrozenTree, Tree, look_at
 from .render import LABEL_STRIDE, Color, Prim, background, encode_jpeg, finish, render
-from .scene import Figure, Scene, _clutter, node_visibility
+from .scene import Figure, Scene, _clutter, node_visibility, segment_area
 
 __all__ = [
     "Camera",
@@ -237,6 +237,7 @@ def make_hand_scene(
                 amodal_box=box,
                 visible_box=box,
                 visible_area=int(np.count_nonzero(labels // LABEL_STRIDE == i + 1)),
+                segment_area=segment_area(labels // LABEL_STRIDE == i + 1),
                 px_per_m=f / float(np.mean(cam_pos[:, 2])),
                 scale=1.0,
                 height_px=float(box[3]),

@@ -16,13 +16,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+from scipy import ndimage
 
 from . import animal as A
 from . import human as Hm
 from .kinematics import FLIP_BODY_TO_CAMERA, FrozenTree, project, rot_x, rot_y, rot_z
 from .render import LABEL_STRIDE, Prim, background, encode_jpeg, finish, hsv, render, textured_patch
 
-__all__ = ["STYLES", "Figure", "Scene", "Style", "make_scene"]
+__all__ = ["SEGMENT_CLOSING", "STYLES", "Figure", "Scene", "Style", "make_scene", "segment_area"]
 
 Palette = tuple[tuple[float, float, float, float, float, float], ...]
 
@@ -138,7 +139,9 @@ class Figure:
 
     ``amodal_box`` is the (x, y, w, h) extent of all its shapes clipped to the image,
     ``visible_box`` / ``visible_area`` those of its unoccluded pixels (None / 0 if none);
-    ``px_per_m`` = focal / root depth; ``height_px`` the unclipped amodal height.
+    ``segment_area`` the area of an annotator's outline of those pixels
+    (:func:`segment_area`); ``px_per_m`` = focal / root depth; ``height_px`` the unclipped
+    amodal height.
     """
 
     kind: str
@@ -155,7 +158,34 @@ class Figure:
     px_per_m: float
     scale: float
     height_px: float
+    segment_area: int = 0
     extra: dict[str, Any] = field(default_factory=dict)
+
+
+#: Radius of the closing disc of :func:`segment_area`, as a fraction of the box height.
+SEGMENT_CLOSING = 0.05
+
+
+def segment_area(mask: np.ndarray) -> int:
+    """Pixels inside an annotator's outline of a figure's visible pixels ``mask`` [H, W] bool.
+
+    COCO's ``area`` is the area of a hand-drawn segmentation polygon, which follows the
+    person's outline coarsely: it bridges the narrow gaps between limbs and body and encloses
+    holes.  Modelled as the binary closing of the mask with a disc of radius
+    :data:`SEGMENT_CLOSING` × the mask's box height (at least 1 px), holes filled, clipped to
+    the visible box.  On SynthPose people this is ≈ 1.15× the raw pixel count (area / box
+    area ≈ 0.42 against ≈ 0.37; real COCO's ratio is ≈ 0.53, the factor xtcocotools uses when
+    a file has no areas — cartoon figures are slimmer than clothed people).
+    """
+    ys, xs = np.nonzero(mask)
+    if xs.size == 0:
+        return 0
+    y0, y1, x0, x1 = int(ys.min()), int(ys.max()) + 1, int(xs.min()), int(xs.max()) + 1
+    r = max(1, round(SEGMENT_CLOSING * (y1 - y0)))
+    crop = np.pad(mask[y0:y1, x0:x1], r)
+    yy, xx = np.mgrid[-r : r + 1, -r : r + 1]
+    closed = ndimage.binary_closing(crop, structure=xx * xx + yy * yy <= r * r)
+    return int(ndimage.binary_fill_holes(closed)[r:-r, r:-r].sum())
 
 
 @dataclass
@@ -467,7 +497,8 @@ def _finalise(
             & (p.pos[:, 2] > 0.05)
         )
         visible = node_visibility(p.tree, p.uv, inside, p.front, labels, base)
-        ys, xs = np.nonzero(owner == i + 1)
+        mask = owner == i + 1
+        ys, xs = np.nonzero(mask)
         vbox = None
         if xs.size:
             vbox = (
@@ -494,6 +525,7 @@ def _finalise(
                 px_per_m=p.focal / root_z,
                 scale=p.scale,
                 height_px=float(ext[3] - ext[1]),
+                segment_area=segment_area(mask),
                 extra={k: v for k, v in p.extra.items() if k not in ("look", "species")},
             )
         )
