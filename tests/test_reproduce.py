@@ -4,6 +4,7 @@ when the decode is broken on purpose)."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from pathlib import Path
@@ -269,6 +270,30 @@ def test_shortened_schedule_keeps_proportions() -> None:
     assert cfg.length == 80
     assert sorted({e.at for e in cfg.events}) == [0, 40, 72]
     assert cfg.optim.milestones == (40, 72)
+
+
+@pytest.mark.parametrize("section", regression.SECTIONS)
+def test_committed_baselines_match_the_config(section: str) -> None:
+    """Each committed baseline was made with today's RegressionConfig (else the session
+    refuses to compare) and holds the metrics of its section."""
+    saved = json.loads((regression.default_baseline_dir() / f"{section}.json").read_text())
+    config = dataclasses.asdict(regression.RegressionConfig())
+    assert saved["config"] == config
+    assert saved["tolerance"] == config[f"{section}_tolerance"]
+    splits = regression.PROTOCOL_SPLITS if section == "protocol" else regression.TRAINING_SPLITS
+    datasets = {regression._key_dataset(k) for k in saved["metrics"]}
+    assert datasets == {d for d, _ in splits}
+
+
+def test_training_baseline_catches_a_trainer_that_stops_learning() -> None:
+    """A model that learned nothing scores ≈ 0 everywhere: the committed training baseline
+    must have metrics far enough above 0 that such a run fails, for both models."""
+    saved = json.loads((regression.default_baseline_dir() / "training.json").read_text())
+    dead = {k: 0.0 for k in saved["metrics"]}
+    failing = {d.key for d in regression.compare(saved["metrics"], dead, saved["tolerance"])}
+    assert any(k.startswith("vitpose_plus: ") for k in failing), failing
+    assert any(k.startswith("posebh: ") for k in failing), failing
+    assert "posebh: mpii val PCKh" in failing
 
 
 @pytest.fixture(scope="module")

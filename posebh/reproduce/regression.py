@@ -11,7 +11,11 @@ Two sections, each its own baseline file:
 * ``training`` — a tiny ViTPose++ baseline and a tiny PoseBH continued from it, trained a
   few hundred steps on SynthPose (fixed seed, fixed thread count), evaluated on the six
   training datasets.  CPU training is bit-reproducible on one machine; across CPUs the
-  float order of the BLAS kernels differs, hence a looser tolerance.
+  float order of the BLAS kernels differs and the trajectories drift apart.  Measured
+  proxy: the same run with 1 thread instead of 2 moved the metrics by up to 2.3 points
+  (an AP50 near 5 on ~150 instances), hence ±3 points.  The section's job is to catch a
+  trainer that stops learning (MPII PCKh ≈ 23 and APT-36K AP50 ≈ 6–8 at these step counts
+  fall to ≈ 0), not small drifts; the protocol section holds the tight checks.
 
 ``nox -s regression`` runs both and exits 1 with a readable diff when a metric leaves its
 tolerance; ``nox -s regression -- --refresh`` rewrites the baselines (commit them with the
@@ -73,12 +77,12 @@ class RegressionConfig:
     world: str = "mini"
     seed: int = 0
     threads: int = 2
-    baseline_steps: int = 200
-    posebh_steps: int = 80
+    baseline_steps: int = 600
+    posebh_steps: int = 160
     batch_size: int = 16
     # Absolute tolerances in the table units (percent points; px for EPE).
     protocol_tolerance: float = 0.05
-    training_tolerance: float = 2.0
+    training_tolerance: float = 3.0
 
 
 def default_baseline_dir() -> Path:
