@@ -235,13 +235,9 @@ def _read_json(path: Path) -> dict[str, Any]:
 
 
 def _cpu_name() -> str | None:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or None
+    from posebh.evaluation import cpu_name
+
+    return cpu_name()
 
 
 def _local_commit(repo: Path) -> dict[str, Any]:

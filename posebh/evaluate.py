@@ -35,6 +35,7 @@ from posebh.datasets import DatasetSpec, Instance, ReadSummary, default_spec, re
 from posebh.decode import DECODE_DEFAULTS
 from posebh.evaluation import (
     auc,
+    cpu_name,
     epe,
     library_versions,
     oks_eval,
@@ -529,6 +530,7 @@ def evaluate(
         "versions": library_versions("torch", "tabulate"),
         "hardware": {
             "machine": platform.machine(),
+            "processor": cpu_name(),
             "cpus": os.cpu_count(),
             "device": str(device or "cpu"),
         },

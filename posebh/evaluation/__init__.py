@@ -20,7 +20,7 @@ arguments and return bare numbers; the caller that aggregates them records
 :func:`library_versions` alongside.
 """
 
-from posebh.evaluation._meta import XTCOCOTOOLS_SEMANTICS, library_versions
+from posebh.evaluation._meta import XTCOCOTOOLS_SEMANTICS, cpu_name, library_versions
 from posebh.evaluation.coco import (
     CROWD_STAT_NAMES,
     IOU_TYPES,
@@ -51,6 +51,7 @@ __all__ = [
     "XTCOCOTOOLS_SEMANTICS",
     "auc",
     "calc_distances",
+    "cpu_name",
     "epe",
     "heatmap_argmax",
     "heatmap_pck",

@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["XTCOCOTOOLS_SEMANTICS", "library_versions", "result_meta"]
+__all__ = ["XTCOCOTOOLS_SEMANTICS", "cpu_name", "library_versions", "result_meta"]
 
 #: The xtcocotools release whose ``COCOeval`` semantics :func:`posebh.evaluation.oks_eval`
 #: reproduces on top of pycocotools (read from its ``cocoeval.py``; PoseBH pins ``>=1.8``).
@@ -20,6 +20,19 @@ def _dist_version(name: str) -> str | None:
         return metadata.version(name)
     except metadata.PackageNotFoundError:
         return None
+
+
+def cpu_name() -> str | None:
+    """The CPU model ("AMD EPYC ..."): /proc/cpuinfo's ``model name`` on Linux, else
+    ``platform.processor()``; None when neither says."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or None
 
 
 def library_versions(*extra: str) -> dict[str, str | None]:

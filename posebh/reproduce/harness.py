@@ -363,7 +363,7 @@ def long_table(run: TableRun, tablefmt: str = "github") -> str:
 def provenance(extra: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """Commit, library versions and hardware of this process."""
     from posebh.evaluate import _git_commit
-    from posebh.evaluation import library_versions
+    from posebh.evaluation import cpu_name, library_versions
 
     return {
         "commit": _git_commit(),
@@ -371,7 +371,7 @@ def provenance(extra: Mapping[str, Any] | None = None) -> dict[str, Any]:
         "python": platform.python_version(),
         "hardware": {
             "machine": platform.machine(),
-            "processor": platform.processor() or None,
+            "processor": cpu_name(),
             "cpus": os.cpu_count(),
             "torch_threads": torch.get_num_threads(),
             "cuda": torch.cuda.is_available(),
