@@ -155,7 +155,14 @@ def _cmd_eval(args: argparse.Namespace) -> int:
         overrides["shift_heatmap"] = args.shift
     protocol = default_protocol(name, **overrides)
     model, checkpoint = None, None
-    if not args.gt_as_prediction:
+    floor: str | DatasetSpec | None = args.mean_pose_floor
+    if floor is not None and Path(floor).is_file():
+        floor = DatasetSpec(name, floor, spec.img_prefix, use_gt_bbox=True, source="command line")
+    if args.gt_as_prediction and floor is not None:
+        raise ValueError("pass --gt-as-prediction or --mean-pose-floor, not both")
+    if floor is not None:
+        checkpoint = f"none: mean pose of {args.mean_pose_floor}"
+    elif not args.gt_as_prediction:
         arch = _parse_overrides(args.override)
         if args.checkpoint:
             from posebh.checkpoint import load_official
@@ -184,6 +191,8 @@ def _cmd_eval(args: argparse.Namespace) -> int:
         device=args.device,
         num_workers=args.workers,
         gt_as_prediction=args.gt_as_prediction,
+        mean_pose_from=floor,
+        data_root=args.data_root,
         decode_backend=args.decode_backend,
         out_dir=out_dir,
         checkpoint=checkpoint,
@@ -563,6 +572,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--gt-as-prediction",
         action="store_true",
         help="feed the ground truth back as predictions (checks readers + metrics)",
+    )
+    ev.add_argument(
+        "--mean-pose-floor",
+        metavar="SPLIT_OR_JSON",
+        default=None,
+        help="no model: predict the mean pose of this split (e.g. train) or annotation file "
+        "in every box; the floor a trained model must clear",
     )
     ev.add_argument("--out", type=Path, default=None, help="default results/eval/<dataset>_<split>")
     ev.set_defaults(func=_cmd_eval)

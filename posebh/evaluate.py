@@ -8,6 +8,9 @@ writes ``metrics.json`` (values + every setting, file, version and timing the nu
 on), ``metrics.md`` and ``predictions.json`` when ``out_dir`` is given.
 ``gt_as_prediction=True`` replaces the network by the ground truth, which exercises the
 readers, rescoring, NMS and metric code on real files (every AP should be 1.0).
+``mean_pose_from="train"`` replaces it by the no-model floor: the train split's mean pose,
+placed in every evaluated box (:func:`mean_pose_predictions`).  A model that learned nothing
+from the pixels scores about that; "far above chance" means far above it.
 """
 
 from __future__ import annotations
@@ -293,6 +296,65 @@ def ground_truth_predictions(instances: Sequence[Instance]) -> list[dict[str, An
     return out
 
 
+def mean_pose(reference: Sequence[Instance]) -> tuple[np.ndarray, np.ndarray]:
+    """The mean box-normalised pose of ``reference`` (K keypoints).
+
+    Each labelled keypoint is expressed as ``(xy − center) / (scale · 200)``, i.e. relative
+    to the instance's padded, aspect-fixed crop box, and averaged over the instances that
+    label it.  Returns ``offsets`` [K, 2] (0 for a keypoint no instance labels) and
+    ``frequency`` [K] (fraction of instances labelling it, in [0, 1]).
+    """
+    if not reference:
+        raise ValueError("mean_pose needs at least one reference instance")
+    k = np.stack([np.asarray(r.keypoints, dtype=np.float64) for r in reference])  # [N, K, 3]
+    center = np.stack([np.asarray(r.center, dtype=np.float64) for r in reference])[:, None]
+    size = np.stack([np.asarray(r.scale, dtype=np.float64) * 200.0 for r in reference])[:, None]
+    labelled = k[..., 2] > 0
+    rel = np.where(labelled[..., None], (k[..., :2] - center) / size, 0.0)
+    count = labelled.sum(0)
+    offsets = rel.sum(0) / np.maximum(count, 1)[:, None]
+    return offsets, count / len(reference)
+
+
+def mean_pose_predictions(
+    reference: Sequence[Instance], instances: Sequence[Instance]
+) -> list[dict[str, Any]]:
+    """The no-model floor in :func:`predict`'s format: :func:`mean_pose` of ``reference``
+    (normally the train split) placed in every box of ``instances``, whatever the image.
+
+    Keypoint scores are the labelling frequencies (a keypoint no reference instance labels
+    scores 0); the instance score is the box score, as for a model.
+    """
+    offsets, frequency = mean_pose(reference)
+    k = len(offsets)
+    out = []
+    for i, inst in enumerate(instances):
+        if len(inst.keypoints) != k:
+            raise ValueError(
+                f"mean pose has {k} keypoints but instance {i} of {inst.dataset} "
+                f"({inst.image_file}) has {len(inst.keypoints)}: reference and evaluated "
+                "instances must share a skeleton"
+            )
+        center = np.asarray(inst.center, dtype=np.float64)
+        scale = np.asarray(inst.scale, dtype=np.float32)
+        kpts = np.empty((k, 3), dtype=np.float32)
+        kpts[:, :2] = center + offsets * scale.astype(np.float64) * 200.0
+        kpts[:, 2] = frequency
+        out.append(
+            {
+                "keypoints": kpts,
+                "center": center.astype(np.float32),
+                "scale": scale,
+                "area": float(np.prod(scale * 200.0)),
+                "score": float(inst.bbox_score),
+                "image_id": inst.image_id,
+                "category_id": inst.category_id,
+                "index": i,
+            }
+        )
+    return out
+
+
 # ------------------------------------------------------------------------------------------
 # Metrics
 # ------------------------------------------------------------------------------------------
@@ -444,6 +506,7 @@ def evaluate(
     num_workers: int = 0,
     gt_as_prediction: bool = False,
     heatmap_oracle: bool = False,
+    mean_pose_from: str | DatasetSpec | None = None,
     submission_only: bool = False,
     out_dir: str | os.PathLike[str] | None = None,
     checkpoint: str | None = None,
@@ -456,14 +519,19 @@ def evaluate(
 
     ``model=None`` requires ``gt_as_prediction=True`` (ground-truth keypoints as predictions)
     or ``heatmap_oracle=True`` (ground-truth target heatmaps decoded, see :func:`predict`);
-    both use the GT boxes.  ``submission_only`` (COCO test-dev, whose keypoints are not
-    public): no metrics; ``predictions.json`` is the file to upload to the evaluation server.
+    both use the GT boxes.  ``mean_pose_from`` (a split name under ``data_root``, e.g.
+    ``"train"``, or a :class:`DatasetSpec`) replaces the model by the no-model floor
+    (:func:`mean_pose_predictions`) on the same boxes a model would get.
+    ``submission_only`` (COCO test-dev, whose keypoints are not public): no metrics;
+    ``predictions.json`` is the file to upload to the evaluation server.
     The ``protocol`` defaults to the dataset's official one; ``head``/``expert`` default to
     the dataset's training index (or 0 for a single-head model).
     """
     start = time.perf_counter()
-    if gt_as_prediction and heatmap_oracle:
-        raise ValueError("pass gt_as_prediction or heatmap_oracle, not both")
+    if sum([gt_as_prediction, heatmap_oracle, mean_pose_from is not None]) > 1:
+        raise ValueError("pass at most one of gt_as_prediction, heatmap_oracle, mean_pose_from")
+    if mean_pose_from is not None and model is not None:
+        raise ValueError("mean_pose_from replaces the model: pass model=None")
     oracle = gt_as_prediction or heatmap_oracle
     if isinstance(dataset, DatasetSpec):
         spec = dataset
@@ -479,8 +547,28 @@ def evaluate(
         log(f"{name} ({spec.split or split}): {summary}")
     if not instances:
         raise ValueError(f"{spec.ann_file}: no instances to evaluate ({summary})")
+    reference_meta = None
     if gt_as_prediction:
         predictions = ground_truth_predictions(instances)
+    elif mean_pose_from is not None:
+        ref_spec = (
+            mean_pose_from
+            if isinstance(mean_pose_from, DatasetSpec)
+            else default_spec(name, mean_pose_from, data_root, use_gt_bbox=True)
+        )
+        reference, ref_summary = read_dataset(dataclasses.replace(ref_spec, use_gt_bbox=True))
+        reference = [r for r in reference if np.any(np.asarray(r.keypoints)[:, 2] > 0)]
+        if not reference:
+            raise ValueError(
+                f"{ref_spec.ann_file}: no instance with a labelled keypoint to average for "
+                f"the mean pose ({ref_summary})"
+            )
+        predictions = mean_pose_predictions(reference, instances)
+        reference_meta = {
+            "annotation_file": ref_spec.ann_file,
+            "split": ref_spec.split,
+            "instances": len(reference),
+        }
     elif model is None and not heatmap_oracle:
         raise ValueError(
             "evaluate() needs a model unless gt_as_prediction=True or heatmap_oracle=True"
@@ -520,8 +608,11 @@ def evaluate(
         if gt_as_prediction
         else "ground-truth target heatmaps, decoded (no flip test)"
         if heatmap_oracle
+        else "mean pose of the reference split in every box (no model)"
+        if reference_meta
         else "model",
-        "decode_backend": None if gt_as_prediction else decode_backend,
+        "mean_pose_reference": reference_meta,
+        "decode_backend": None if gt_as_prediction or reference_meta else decode_backend,
         "checkpoint": checkpoint,
         "model_config": _model_config(model)
         if model is not None and not gt_as_prediction

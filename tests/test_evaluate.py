@@ -212,3 +212,83 @@ def test_decode_backends_agree_through_predict(fixtures_dir: Path, tiny_model) -
     for a, b in zip(fused, ref, strict=True):
         np.testing.assert_allclose(a["keypoints"][:, :2], b["keypoints"][:, :2], atol=1e-3)
         np.testing.assert_allclose(a["keypoints"][:, 2], b["keypoints"][:, 2], atol=1e-6)
+
+
+# ------------------------------------------------------------------------------------------
+# The no-model floor: the reference split's mean pose in every box
+# ------------------------------------------------------------------------------------------
+
+
+def test_mean_pose_matches_a_plain_loop(fixtures_dir: Path) -> None:
+    from posebh.datasets import read_dataset
+    from posebh.evaluate import mean_pose
+
+    instances, _ = read_dataset(spec(fixtures_dir, "coco"))
+    offsets, frequency = mean_pose(instances)
+    for k in range(17):
+        sx = sy = 0.0
+        n = 0
+        for inst in instances:
+            x, y, v = (float(t) for t in inst.keypoints[k])
+            if v > 0:
+                w, h = float(inst.scale[0]) * 200.0, float(inst.scale[1]) * 200.0
+                sx += (x - float(inst.center[0])) / w
+                sy += (y - float(inst.center[1])) / h
+                n += 1
+        assert frequency[k] == pytest.approx(n / len(instances))
+        expected = (sx / n, sy / n) if n else (0.0, 0.0)
+        assert offsets[k] == pytest.approx(expected, abs=1e-9), k
+
+
+def test_mean_pose_floor_of_one_instance_on_itself_is_exact(
+    fixtures_dir: Path, tmp_path: Path
+) -> None:
+    """Reference = evaluated = one person: the floor must put every labelled keypoint back
+    where it was (AP 1); on the whole file it cannot (AP < 1): the path is live."""
+    src = json.loads((fixtures_dir / "coco/test_coco.json").read_text())
+    ann = next(a for a in src["annotations"] if a["num_keypoints"] == 15)
+    one = dict(
+        src,
+        images=[i for i in src["images"] if i["id"] == ann["image_id"]],
+        annotations=[ann],
+    )
+    path = tmp_path / "one.json"
+    path.write_text(json.dumps(one))
+    single = DatasetSpec("coco", str(path), str(fixtures_dir / "coco"))
+    result = evaluate(None, single, mean_pose_from=single, log=None, progress=False)
+    assert result.metrics["AP"] == pytest.approx(1.0, abs=1e-12)
+    assert result.meta["mean_pose_reference"]["instances"] == 1
+    assert result.meta["predictions_from"].startswith("mean pose")
+
+    whole = spec(fixtures_dir, "coco")
+    result = evaluate(None, whole, mean_pose_from=whole, log=None, progress=False)
+    assert 0.0 <= result.metrics["AP"] < 0.5
+    assert result.meta["mean_pose_reference"]["instances"] == 12  # the two unlabelled left out
+
+
+def test_mean_pose_floor_rejects_a_model_and_a_foreign_skeleton(fixtures_dir: Path) -> None:
+    from posebh.datasets import read_dataset
+    from posebh.evaluate import mean_pose_predictions
+
+    coco = spec(fixtures_dir, "coco")
+    with pytest.raises(ValueError, match="at most one"):
+        evaluate(None, coco, mean_pose_from=coco, gt_as_prediction=True, log=None)
+    with pytest.raises(ValueError, match="replaces the model"):
+        evaluate(torch.nn.Identity(), coco, mean_pose_from=coco, log=None)
+    animals, _ = read_dataset(spec(fixtures_dir, "ap10k"))
+    people, _ = read_dataset(spec(fixtures_dir, "aic"))
+    with pytest.raises(ValueError, match="share a skeleton"):
+        mean_pose_predictions(people, animals)
+
+
+def test_cli_eval_mean_pose_floor(fixtures_dir: Path, tmp_path: Path) -> None:
+    ann = str(fixtures_dir / "aic/test_aic.json")
+    argv = [
+        "eval", "--dataset", "aic", "--ann-file", ann,
+        "--mean-pose-floor", ann, "--out", str(tmp_path),
+    ]  # fmt: skip
+    assert main(argv) == 0
+    saved = json.loads((tmp_path / "metrics.json").read_text())
+    assert saved["meta"]["mean_pose_reference"]["annotation_file"] == ann
+    assert 0.0 <= saved["metrics"]["AP"] < 1.0
+    assert saved["meta"]["checkpoint"].startswith("none: mean pose")

@@ -21,6 +21,8 @@ import pytest
 import torch
 
 from posebh.cli import main as cli_main
+from posebh.datasets import default_spec
+from posebh.evaluate import evaluate
 from posebh.models import build_model
 from posebh.train import main as train_main
 from posebh.training import (
@@ -420,6 +422,17 @@ def test_baseline_trains_and_evaluates(data_root: Path, tmp_path: Path) -> None:
     summary = json.loads((tmp_path / "vp/metrics.json").read_text())
     assert summary["coco"]["headline"][0] == "AP"
     assert (tmp_path / "vp/eval/final/coco/metrics.json").is_file()
+    # The final report carries the no-model floor: train mean pose in the same val boxes.
+    floor = evaluate(
+        None,
+        default_spec("coco", "val", data_root, use_gt_bbox=True),
+        mean_pose_from="train",
+        data_root=data_root,
+        log=None,
+        progress=False,
+    )
+    assert summary["coco"]["mean_pose_floor"] == ["AP", floor.metrics["AP"]]
+    assert summary["ap10k"]["mean_pose_floor"][0] == "AP"
 
     # PoseBH starts from it: the backbone and heads load, the prototype head stays new.
     posebh = build_model("posebh_vit_base", **_config().model_overrides)

@@ -317,6 +317,7 @@ class Trainer:
         self.work_dir = Path(options.work_dir)
         self.data_root = Path(options.data_root)
         self._owns_group = False
+        self.floors: dict[str, tuple[str, float]] = {}  # dataset → mean-pose floor (final eval)
         if self.world_size > 1 and not dist.is_initialized():
             backend = "nccl" if self.device.type == "cuda" else "gloo"
             dist.init_process_group(backend, device_id=self.device if backend == "nccl" else None)
@@ -913,6 +914,10 @@ class Trainer:
                 results[name] = res.metrics
                 head = headline_metric(res.metrics)
                 msg = f"{head[0]} {head[1]:.4f}" if head else "done"
+                floor = self._floor(spec) if tag == "final" else None
+                if floor is not None:
+                    self.floors[name] = floor
+                    msg += f" (mean-pose floor {floor[1]:.4f})"
                 self.log(f"eval {name} ({cfg.val_split}) at step {self.step}: {msg}")
                 self._jsonl(
                     {
@@ -929,6 +934,20 @@ class Trainer:
         if self.world_size > 1:
             dist.barrier()
         return results
+
+    def _floor(self, spec: DatasetSpec) -> tuple[str, float] | None:
+        """The no-model floor of ``spec``: the training split's mean pose in every val box
+        (:func:`posebh.evaluate.mean_pose_predictions`), or None with a note if it cannot
+        be computed (e.g. no train annotations next to the val ones)."""
+        from posebh.evaluate import evaluate
+
+        try:
+            ref = self._train_spec(spec.name)
+            res = evaluate(None, spec, mean_pose_from=ref, progress=False, log=None)
+        except (DatasetError, OSError, ValueError) as err:
+            self.log(f"eval {spec.name}: no mean-pose floor ({err})")
+            return None
+        return headline_metric(res.metrics)
 
     # ---------------------------------------------------------------- logging
 
@@ -1233,7 +1252,11 @@ class Trainer:
             result.metrics = self.evaluate("final")
             if self.is_main and result.metrics:
                 summary = {
-                    name: {"headline": headline_metric(m), "metrics": m}
+                    name: {
+                        "headline": headline_metric(m),
+                        "mean_pose_floor": self.floors.get(name),
+                        "metrics": m,
+                    }
                     for name, m in result.metrics.items()
                 }
                 (self.work_dir / "metrics.json").write_text(
