@@ -433,6 +433,9 @@ def test_baseline_trains_and_evaluates(data_root: Path, tmp_path: Path) -> None:
     )
     assert summary["coco"]["mean_pose_floor"] == ["AP", floor.metrics["AP"]]
     assert summary["ap10k"]["mean_pose_floor"][0] == "AP"
+    records = [json.loads(line) for line in (tmp_path / "vp/log.jsonl").read_text().splitlines()]
+    finals = {r["dataset"]: r for r in records if r["type"] == "eval" and r["tag"] == "final"}
+    assert finals["coco"]["mean_pose_floor"] == summary["coco"]["mean_pose_floor"]
 
     # PoseBH starts from it: the backbone and heads load, the prototype head stays new.
     posebh = build_model("posebh_vit_base", **_config().model_overrides)

@@ -927,6 +927,7 @@ class Trainer:
                         "dataset": name,
                         "split": cfg.val_split,
                         "headline": head,
+                        "mean_pose_floor": floor,
                         "metrics": res.metrics,
                     }
                 )
