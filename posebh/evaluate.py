@@ -556,7 +556,10 @@ def evaluate(
             if isinstance(mean_pose_from, DatasetSpec)
             else default_spec(name, mean_pose_from, data_root, use_gt_bbox=True)
         )
-        reference, ref_summary = read_dataset(dataclasses.replace(ref_spec, use_gt_bbox=True))
+        # Only the annotations are averaged: the reference split's images need not exist.
+        reference, ref_summary = read_dataset(
+            dataclasses.replace(ref_spec, use_gt_bbox=True, check_images=False)
+        )
         reference = [r for r in reference if np.any(np.asarray(r.keypoints)[:, 2] > 0)]
         if not reference:
             raise ValueError(

@@ -191,6 +191,48 @@ def test_real_mode_on_fixtures(fixture_root: Path, fixture_weights: Path, tmp_pa
     assert "77.3 / " in md and "✗" in md
     assert report["provenance"]["commit"] is None or len(report["provenance"]["commit"]) == 40
     assert report["checkpoints"]["posebh_b"]["multi_dataset"] is True
+    # The fixtures have no train splits: every floor says so instead of showing a number.
+    floors = {(f["row"].split()[0], f["metric"]): f for f in report["floors"]}
+    assert floors[("COCO", "AP")]["value"] is None
+    assert "no train annotations" in floors[("COCO", "AP")]["source"]
+
+
+def test_floor_column_is_the_train_mean_pose_in_the_rows_boxes(
+    fixtures_dir: Path, fixture_weights: Path, tmp_path: Path
+) -> None:
+    """With a train split next to COCO val, the COCO row's floor is the train mean pose in
+    the row's detection boxes, in the row's units (×100), and it shows in the wide table."""
+    from posebh.reproduce.harness import FLOOR_LABEL, row_floors, wide_table
+
+    root, f = tmp_path / "data", fixtures_dir / "coco"
+    _link(f / "test_coco.json", root / "coco/annotations/person_keypoints_val2017.json")
+    _link(f / "test_coco.json", root / "coco/annotations/person_keypoints_train2017.json")
+    _link(f, root / "coco/val2017")
+    _link(
+        f / "test_coco_det_AP_H_56.json",
+        root / "coco/person_detection_results/COCO_val2017_detections_AP_H_56_person.json",
+    )
+    table = load_table("table1")
+    ctx = RunContext(data_root=root, weights=fixture_weights, mode="real", measured_label="x",
+                     progress=False)  # fmt: skip
+    floors = row_floors(table, ctx)
+    coco_row = next(r for r in table.rows if r.dataset == "coco")
+    direct = evaluate(
+        None,
+        default_spec("coco", "val", root),
+        mean_pose_from=default_spec("coco", "train", root, use_gt_bbox=True),
+        log=None,
+        progress=False,
+    )
+    value, source = floors[(coco_row.label, "AP")]
+    assert direct.meta["boxes"] == "detections"
+    assert value == pytest.approx(100 * direct.metrics["AP"], abs=1e-9)
+    assert "person_keypoints_train2017.json" in source and "12 instances" in source
+    aic_row = next(r for r in table.rows if r.dataset == "aic")
+    assert floors[(aic_row.label, "AP")][0] is None
+    run = evaluate_table(table, ctx, tmp_path / "out", models=["posebh_b"], log=None)
+    text = wide_table(run)
+    assert FLOOR_LABEL in text and f"{value:.1f}" in text
 
 
 @pytest.mark.slow

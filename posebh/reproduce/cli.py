@@ -80,6 +80,12 @@ def add_arguments(p: argparse.ArgumentParser, *, with_table: bool = True) -> Non
         "--decode-backend", default="auto", help="heatmap decoding backend (auto, cpp, torch)"
     )
     p.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
+    p.add_argument(
+        "--no-floor",
+        action="store_true",
+        help="skip the no-model floor column (train mean pose per row; reads the train "
+        "annotations)",
+    )
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
@@ -233,6 +239,7 @@ def _with_eval_options(context, args: argparse.Namespace, progress: bool):
         batch_size=args.batch_size,
         decode_backend=args.decode_backend,
         progress=progress,
+        floor=not args.no_floor,
     )
 
 

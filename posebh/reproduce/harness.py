@@ -84,17 +84,25 @@ class RunContext:
     batch_size: int = 32
     decode_backend: str = "auto"
     progress: bool = True
+    # Score each row's no-model floor too: the train split's mean pose in the row's boxes.
+    floor: bool = True
+
+
+#: What the floor column is, for reports.
+FLOOR_LABEL = "no-model floor (train mean pose)"
 
 
 @dataclass
 class TableRun:
-    """The cells of one table run plus its provenance."""
+    """The cells of one table run plus its provenance.  ``floors`` maps (row label, metric)
+    to the no-model floor of that row and where it came from (or why it is missing)."""
 
     table: Table
     context: RunContext
     cells: list[Cell]
     checkpoints: dict[str, dict[str, Any]]
     seconds: float
+    floors: dict[tuple[str, str], tuple[float | None, str]] = field(default_factory=dict)
 
     def failed(self) -> list[Cell]:
         return [c for c in self.cells if c.status == "fail"]
@@ -254,13 +262,56 @@ def evaluate_table(
                         **base,
                     )
                 )
+    floors = row_floors(table, context, say) if context.floor and cells else {}
     return TableRun(
         table=table,
         context=context,
         cells=cells,
         checkpoints=checkpoints,
         seconds=time.perf_counter() - start,
+        floors=floors,
     )
+
+
+def row_floors(
+    table: Table, context: RunContext, log: Callable[[str], None] | None = None
+) -> dict[tuple[str, str], tuple[float | None, str]]:
+    """Each row's no-model floor: the mean pose of the dataset's train split placed in the
+    row's own boxes and scored by the row's metric (:func:`posebh.evaluate.evaluate` with
+    ``mean_pose_from``).  A measured number only clears chance if it clears this.  Rows with
+    no public GT (server submissions) or no train annotations get ``None`` and the reason."""
+    from posebh.datasets import DatasetError, default_spec
+    from posebh.evaluate import default_protocol, evaluate
+
+    floors: dict[tuple[str, str], tuple[float | None, str]] = {}
+    for row in table.rows:
+        if row.submission_only:
+            for m in row.metrics:
+                floors[(row.label, m)] = (None, "no public GT (server submission)")
+            continue
+        try:
+            reference = default_spec(row.dataset, "train", context.data_root, use_gt_bbox=True)
+            if not Path(reference.ann_file).is_file():
+                raise FileNotFoundError(f"no train annotations at {reference.ann_file}")
+            result = evaluate(
+                None,
+                row_spec(row, context),
+                protocol=default_protocol(row.dataset),
+                mean_pose_from=reference,
+                progress=False,
+                log=None,
+            )
+        except (DatasetError, FileNotFoundError, ValueError) as err:
+            for m in row.metrics:
+                floors[(row.label, m)] = (None, f"not scored: {err}")
+            if log:
+                log(f"[{table.name}] floor of {row.label}: not scored ({err})")
+            continue
+        n = (result.meta.get("mean_pose_reference") or {}).get("instances")
+        source = f"mean pose of {n} instances in {reference.ann_file}"
+        for m in row.metrics:
+            floors[(row.label, m)] = (read_metric(result.metrics, m, row.part), source)
+    return floors
 
 
 def _status(expected: float | None, measured: float | None, tol: float, mode: str) -> str:
@@ -309,16 +360,17 @@ def wide_table(run: TableRun, tablefmt: str = "github") -> str:
     by = {(c.row, c.metric, c.model): c for c in run.cells}
     body = []
     for row, metric in keys:
-        body.append(
-            [row, metric]
-            + [
-                _cell_text(by[(row, metric, m.id)]) if (row, metric, m.id) in by else ""
-                for m in models
-            ]
-        )
+        line = [row, metric] + [
+            _cell_text(by[(row, metric, m.id)]) if (row, metric, m.id) in by else "" for m in models
+        ]
+        if run.floors:
+            floor = run.floors.get((row, metric), (None, ""))[0]
+            line.append(_fmt(floor, 2 if metric == "EPE" else 1))
+        body.append(line)
+    headers = ["dataset split", "metric"] + [m.label for m in models]
     return tabulate(
         body,
-        headers=["dataset split", "metric"] + [m.label for m in models],
+        headers=headers + ([FLOOR_LABEL] if run.floors else []),
         tablefmt=tablefmt,
         disable_numparse=True,
     )
@@ -394,6 +446,11 @@ def headline(run: TableRun) -> list[str]:
     else:
         lines.append(f"measured: {ctx.measured_label}")
     lines.append(f"data: {ctx.data_root}; weights: {ctx.weights}")
+    if run.floors:
+        lines.append(
+            f"{FLOOR_LABEL}: each row's train-split mean pose placed in the row's boxes and "
+            "scored the same way, no model (posebh eval --mean-pose-floor train)"
+        )
     boxes = sorted(
         {f"{DISPLAY_NAMES.get(r.dataset, r.dataset)} {r.split}: {r.boxes}" for r in t.rows}
     )
@@ -429,6 +486,10 @@ def run_to_dict(run: TableRun, extra: Mapping[str, Any] | None = None) -> dict[s
             for r in run.table.rows
         ],
         "cells": [dict(dataclasses.asdict(c), delta=c.delta) for c in run.cells],
+        "floors": [
+            {"row": row, "metric": metric, "value": value, "source": source}
+            for (row, metric), (value, source) in run.floors.items()
+        ],
         "checkpoints": run.checkpoints,
         "eval_seconds": round(run.seconds, 2),
         "provenance": provenance(extra),
