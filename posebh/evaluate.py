@@ -280,20 +280,23 @@ def ground_truth_predictions(instances: Sequence[Instance]) -> list[dict[str, An
     for i, inst in enumerate(instances):
         kpts = np.asarray(inst.keypoints, dtype=np.float32).copy()
         kpts[:, 2] = (kpts[:, 2] > 0).astype(np.float32)
-        scale = np.asarray(inst.scale, dtype=np.float32)
-        out.append(
-            {
-                "keypoints": kpts,
-                "center": np.asarray(inst.center, dtype=np.float32),
-                "scale": scale,
-                "area": float(np.prod(scale * 200.0)),
-                "score": float(inst.bbox_score),
-                "image_id": inst.image_id,
-                "category_id": inst.category_id,
-                "index": i,
-            }
-        )
+        out.append(_box_prediction(inst, i, kpts))
     return out
+
+
+def _box_prediction(inst: Instance, index: int, keypoints: np.ndarray) -> dict[str, Any]:
+    """A model-free prediction record for ``inst``'s box (:func:`predict`'s format)."""
+    scale = np.asarray(inst.scale, dtype=np.float32)
+    return {
+        "keypoints": keypoints,
+        "center": np.asarray(inst.center, dtype=np.float32),
+        "scale": scale,
+        "area": float(np.prod(scale * 200.0)),
+        "score": float(inst.bbox_score),
+        "image_id": inst.image_id,
+        "category_id": inst.category_id,
+        "index": index,
+    }
 
 
 def mean_pose(reference: Sequence[Instance]) -> tuple[np.ndarray, np.ndarray]:
@@ -336,22 +339,11 @@ def mean_pose_predictions(
                 "instances must share a skeleton"
             )
         center = np.asarray(inst.center, dtype=np.float64)
-        scale = np.asarray(inst.scale, dtype=np.float32)
+        size = np.asarray(inst.scale, dtype=np.float64) * 200.0
         kpts = np.empty((k, 3), dtype=np.float32)
-        kpts[:, :2] = center + offsets * scale.astype(np.float64) * 200.0
+        kpts[:, :2] = center + offsets * size
         kpts[:, 2] = frequency
-        out.append(
-            {
-                "keypoints": kpts,
-                "center": center.astype(np.float32),
-                "scale": scale,
-                "area": float(np.prod(scale * 200.0)),
-                "score": float(inst.bbox_score),
-                "image_id": inst.image_id,
-                "category_id": inst.category_id,
-                "index": i,
-            }
-        )
+        out.append(_box_prediction(inst, i, kpts))
     return out
 
 
