@@ -47,6 +47,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "DATASET_ORDERS",
+    "TRAIN_CHECKPOINT_FORMAT",
     "CheckpointError",
     "from_hf",
     "infer_arch",
@@ -84,6 +85,8 @@ DATASET_ORDERS: dict[str, tuple[str, ...]] = {
 }
 _DATASET_ALIASES = {"coco_wholebody": "wholebody", "ap36k": "apt36k", "3dpw": "pw3d"}
 
+#: The ``format`` marker of the trainer's own checkpoints (weights under ``model``).
+TRAIN_CHECKPOINT_FORMAT = "posebh-train-v1"
 _MAX_LISTED = 12  # keys listed per category in an error message before "... and N more"
 
 _BLOCK_RE = re.compile(r"^backbone\.blocks\.(\d+)\.")
@@ -167,6 +170,9 @@ def read_state_dict(source: Source) -> StateDict:
         source = _torch_load(name)
     if not isinstance(source, Mapping):
         raise CheckpointError(f"{name}: expected a dict of tensors, got {type(source).__name__}")
+    if source.get("format") == TRAIN_CHECKPOINT_FORMAT and isinstance(source.get("model"), Mapping):
+        # a trainer checkpoint (latest.pth, step_N.pth, final.pth): its weights are 'model'
+        source = {"state_dict": source["model"]}
     sd = source.get("state_dict", source)
     if not isinstance(sd, Mapping):
         raise CheckpointError(f"{name}: 'state_dict' is a {type(sd).__name__}, not a dict")

@@ -345,6 +345,10 @@ def test_staged_training_freezes_what_the_schedule_says(data_root: Path, tmp_pat
 
     loaded = load_official(tmp_path / "run/model.pth", num_heads=2)
     assert loaded.cluster_prototypes is not None
+    # ... and so is the trainer's own checkpoint (weights under 'model'), to the same weights.
+    from_trainer = load_official(tmp_path / "run/final.pth", num_heads=2).state_dict()
+    assert from_trainer.keys() == loaded.state_dict().keys()
+    assert all(torch.equal(v, loaded.state_dict()[k]) for k, v in from_trainer.items())
 
 
 def test_killed_run_resumes_bit_identically(data_root: Path, tmp_path: Path) -> None:

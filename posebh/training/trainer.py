@@ -57,6 +57,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
+from posebh.checkpoint import TRAIN_CHECKPOINT_FORMAT
 from posebh.cli import save_atomically
 from posebh.cps import ClusterPrototypes, choose_num_clusters, cps_loss
 from posebh.css import css_loss
@@ -87,7 +88,7 @@ __all__ = [
     "state_digest",
 ]
 
-CHECKPOINT_FORMAT = "posebh-train-v1"
+CHECKPOINT_FORMAT = TRAIN_CHECKPOINT_FORMAT
 #: Test hook: ``os._exit(137)`` right after this many steps (simulates a killed job).
 DEBUG_EXIT_ENV = "POSEBH_DEBUG_EXIT_AFTER_STEP"
 #: Test hook: each rank writes ``<dir>/rank<r>.json`` with SHA-1s of its state at the end.
