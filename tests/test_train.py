@@ -351,6 +351,59 @@ def test_staged_training_freezes_what_the_schedule_says(data_root: Path, tmp_pat
     assert all(torch.equal(v, loaded.state_dict()[k]) for k, v in from_trainer.items())
 
 
+def test_heads_on_own_images_is_the_official_loss_up_to_batchnorm(
+    data_root: Path, tmp_path: Path
+) -> None:
+    cfg = _config({"events": [], "batch_size": 12}, preset="vitpose_plus_tiny_synth")
+    trainer = _trainer(data_root, tmp_path / "own", cfg, init=None)
+    batch = next(iter(trainer._loader(0, 1)))
+    model, di = trainer.model, batch["dataset_idx"]
+    assert len(set(di.tolist())) >= 3  # a mixed batch
+    rows = [torch.nonzero(di == h).squeeze(1) for h in range(len(model.heads))]
+
+    def terms(head_rows):
+        model.zero_grad(set_to_none=True)
+        out = model(batch["img"], di, head_rows=head_rows)
+        total, logs = trainer.compute_losses(out, batch, head_rows=head_rows)
+        total.backward()
+        grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+        return total.detach(), logs, grads
+
+    # With the BatchNorm statistics fixed (eval mode) both ways are the same computation.
+    model.eval()
+    full, full_logs, full_grads = terms(None)
+    own, own_logs, own_grads = terms(rows)
+    torch.testing.assert_close(own, full, rtol=1e-5, atol=0)
+    for name in trainer.names_of_head.values():
+        torch.testing.assert_close(
+            own_logs[f"hm/{name}"], full_logs[f"hm/{name}"], rtol=1e-5, atol=0
+        )
+    assert own_grads.keys() == full_grads.keys()
+    for n, g in full_grads.items():
+        torch.testing.assert_close(own_grads[n], g, rtol=1e-4, atol=1e-9, msg=n)
+    # A head with no image in the batch still takes part (zero loss, zero gradient).
+    empty = [torch.zeros(0, dtype=torch.long)] * len(model.heads)
+    _, logs, grads = terms(empty)
+    assert all(float(v) == 0.0 for k, v in logs.items() if k.startswith("hm/"))
+    assert all(torch.count_nonzero(grads[n]) == 0 for n in grads if n.startswith("heads."))
+
+    # In training the flag routes every step's heads, and they learn.
+    flagged = dataclasses.replace(cfg, heads_on_own_images=True, length=3)
+    t = _trainer(data_root, tmp_path / "own_run", flagged, init=None)
+    seen, forward = [], t.model.forward
+
+    def spy(*args, **kwargs):
+        if t.model.training:  # not the final evaluation
+            seen.append(kwargs.get("head_rows"))
+        return forward(*args, **kwargs)
+
+    t.model.forward = spy
+    before = t.model.heads[0].final_layer.weight.detach().clone()
+    assert t.train().completed
+    assert len(seen) == 3 and all(r is not None and len(r) == len(t.model.heads) for r in seen)
+    assert not torch.equal(t.model.heads[0].final_layer.weight, before)
+
+
 def test_killed_run_resumes_bit_identically(data_root: Path, tmp_path: Path) -> None:
     """A run killed after step 5 (last checkpoint at step 3, before the CPS initialisation
     at step 4) and resumed ends with exactly the weights and prototypes of an uninterrupted

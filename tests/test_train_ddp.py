@@ -30,7 +30,7 @@ def test_two_gloo_ranks_stay_identical(data_root: Path, tmp_path: Path) -> None:
         "--master_addr", "127.0.0.1", "--master_port", str(_free_port()),
         "-m", "posebh.train", "--preset", "posebh_tiny_synth", "--data-root", str(data_root),
         "--work-dir", str(work), "--init", "scratch", "--no-eval", "--no-progress",
-        *_sets({"batch_size": 3}),
+        *_sets({"batch_size": 3, "heads_on_own_images": True}),
     ]  # fmt: skip
     env = {
         **os.environ,

@@ -191,12 +191,15 @@ class PoseBH(nn.Module):
         dataset_idx: Tensor | Sequence[int] | int | None = None,
         *,
         heads: Sequence[int] | None = None,
+        head_rows: Sequence[Tensor | None] | None = None,
     ) -> PoseBHOutput:
         """Run the backbone (routing image b through expert ``dataset_idx[b]``), the
         heatmap heads (all, or those listed in ``heads``) and the prototype head.
 
         images: [B, 3, 256, 192]; dataset_idx: [B] (an int routes every image the same
-        way; may be omitted for a plain ViT without experts).
+        way; may be omitted for a plain ViT without experts).  ``head_rows[d]`` (a [n_d]
+        index tensor, or None for all rows) runs head d on those images only: its heatmaps
+        are then [n_d, K, H, W] (an empty index still runs it, on zero rows).
         """
         if isinstance(dataset_idx, int):
             dataset_idx = torch.full((images.shape[0],), dataset_idx, dtype=torch.long)
@@ -206,7 +209,14 @@ class PoseBH(nn.Module):
             dataset_idx = dataset_idx.to(images.device)
         features = self.backbone(images, dataset_idx)
         wanted = range(len(self.heads)) if heads is None else set(heads)
-        heatmaps = [h(features) if d in wanted else None for d, h in enumerate(self.heads)]
+        if head_rows is not None and len(head_rows) != len(self.heads):
+            raise ValueError(f"head_rows has {len(head_rows)} entries for {len(self.heads)} heads")
+
+        def rows(d: int) -> Tensor:
+            r = None if head_rows is None else head_rows[d]
+            return features if r is None else features.index_select(0, r.to(features.device))
+
+        heatmaps = [h(rows(d)) if d in wanted else None for d, h in enumerate(self.heads)]
         embeddings = self.proto_head(features) if self.proto_head is not None else None
         return PoseBHOutput(features=features, heatmaps=heatmaps, embeddings=embeddings)
 

@@ -718,9 +718,14 @@ class Trainer:
     # ---------------------------------------------------------------- losses
 
     def compute_losses(
-        self, out: Any, batch: Mapping[str, Any]
+        self,
+        out: Any,
+        batch: Mapping[str, Any],
+        head_rows: Sequence[Tensor] | None = None,
     ) -> tuple[Tensor, dict[str, Tensor]]:
-        """The loss terms of one step (module docstring); returns (total, detached terms)."""
+        """The loss terms of one step (module docstring); returns (total, detached terms).
+        ``head_rows``: head d's heatmaps cover only the rows ``head_rows[d]`` of the batch
+        (``heads_on_own_images``); its loss is rescaled to the official whole-batch mean."""
         model, lc = self.model, self.config.loss
         dataset_idx = batch["dataset_idx"]
         target, target_weight = batch["target"], batch["target_weight"]
@@ -735,7 +740,17 @@ class Trainer:
             w = target_weight[:, :k] * mask[:, None, None]
             targets.append(t)
             weights.append(w)
-            if h in self.names_of_head:
+            if h in self.names_of_head and head_rows is not None:
+                rows = head_rows[h]
+                hm = out.heatmaps[h].float()
+                if rows.numel() == 0:
+                    loss = hm.sum() * 0.0  # keeps the head in the graph (DDP)
+                else:
+                    # The other rows would add zeros (their weights are zeroed): same mean.
+                    loss = self.mse(hm, t[rows], w[rows]) * (rows.numel() / t.shape[0])
+                logs[f"hm/{self.names_of_head[h]}"] = loss.detach()
+                total = total + loss
+            elif h in self.names_of_head:
                 loss = self.mse(out.heatmaps[h].float(), t, w)
                 logs[f"hm/{self.names_of_head[h]}"] = loss.detach()
                 total = total + loss
@@ -853,10 +868,17 @@ class Trainer:
             if self.use_amp
             else nullcontext()
         )
+        head_rows = None
+        if self.config.heads_on_own_images and not (
+            self.state.css and self.config.loss.css_weight > 0
+        ):
+            head_rows = [
+                torch.nonzero(dataset_idx == h).squeeze(1) for h in range(len(self.model.heads))
+            ]
         with amp:
-            out = self.ddp(images, dataset_idx)
+            out = self.ddp(images, dataset_idx, head_rows=head_rows)
         with torch.autocast(device_type=dev.type, enabled=False):
-            total, logs = self.compute_losses(out, batch)
+            total, logs = self.compute_losses(out, batch, head_rows=head_rows)
         if total.requires_grad:
             self.scaler.scale(total).backward()
             clip = self.config.optim.grad_clip
@@ -1021,6 +1043,11 @@ class Trainer:
             for n, ds, s in zip(cfg.data.datasets, self.datasets, self.sampler.shares, strict=True)
         )
         self.log(f"data ({self.data_root}): {shares}")
+        if cfg.heads_on_own_images:
+            self.log(
+                "heads: each heatmap head runs on its own dataset's images while CSS is off "
+                "(heads_on_own_images; official: every head on every image)"
+            )
         self.log(
             f"schedule: {cfg.length} {cfg.unit}s = {self.total_steps} steps "
             f"(an epoch of the mixed set = {self.steps_per_epoch} steps); running steps "
