@@ -5,7 +5,9 @@ Loss of one step (official ``TopDownMoEProto.forward_train`` + ``KptProtoHead.ge
 
 * every heatmap head d runs on every image; ``hm/<dataset>`` = JointsMSE(head_d, targets of
   d's images, weights of d's images) with the other images' targets and weights zeroed, i.e.
-  averaged over the whole batch as officially;
+  averaged over the whole batch as officially (with ``heads_on_own_images``, the tiny
+  recipes' setting, head d runs only on d's images while CSS is off, and the loss is rescaled
+  to the same whole-batch mean: identical values but for the heads' BatchNorm statistics);
 * ``proto`` (PPC + PPD) and ``proto_heatmap`` (prototype-heatmap MSE × λ) per dataset present
   (:func:`posebh.losses.prototype_losses`), the prototypes moving on the way;
 * ``cps`` once the cluster bank exists (:func:`posebh.cps.cps_loss`);
