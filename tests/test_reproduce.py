@@ -394,6 +394,7 @@ def test_synthetic_default_end_to_end(tmp_path: Path) -> None:
     assert cells[("AP", "posebh_b_rerun")]["expected"] == 83.8
     for c in report["cells"]:
         assert c["status"] == "synthetic" and c["measured"] is not None, c
+        assert c["delta"] is None, c  # a SynthPose number has no Δ to a published one
     # Transfer runs start from their multi-dataset stand-ins (4 runs in all), cached.
     runs = report["provenance"]["synthetic"]["runs"]
     assert set(runs) == {"vitpose_plus", "posebh", "vitpose_plus_pw3d", "posebh_pw3d"}
@@ -401,6 +402,7 @@ def test_synthetic_default_end_to_end(tmp_path: Path) -> None:
     assert all(r["steps"] == 3 for r in runs.values())
     md = (out / "results.md").read_text()
     assert "SYNTHETIC" in md and "NOT comparable" in md and "/ syn " in md
+    assert md.count("- commit ") == 1 and "- hardware " in md
     assert (out / "expected_vs_measured.png").stat().st_size > 0
     assert (out / "plots" / "posebh_b_paper" / "overlays_pw3d.png").is_file()
     # A second run reuses every cached model (no training: the runs' files are unchanged).

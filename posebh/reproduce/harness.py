@@ -63,7 +63,9 @@ class Cell:
 
     @property
     def delta(self) -> float | None:
-        if self.expected is None or self.measured is None:
+        """measured − published; None when either is missing or the cell is synthetic (a
+        SynthPose measurement is not comparable with a published number)."""
+        if self.expected is None or self.measured is None or self.status == "synthetic":
             return None
         return self.measured - self.expected
 
@@ -513,7 +515,7 @@ def write_run(
     md = [f"# {run.table.name}: {run.table.title}", ""]
     md += [f"- {line}" for line in headline(run)]
     md += [
-        f"- commit {prov['commit']}; versions {prov['versions']}; hardware {prov['hardware']}",
+        f"- hardware {prov['hardware']}",
         "",
         "Cells: published / measured (Δ, ✓ within the tolerance, ✗ outside)."
         if run.context.mode != "synthetic"

@@ -370,7 +370,7 @@ _PW3D = dataclasses.replace(
 # * 1500 baseline steps and a 320-step PoseBH stage: the baseline is where the backbone
 #   learns (AP doubles from 500 to 1000 steps), the first half of the PoseBH stage trains
 #   only the prototypes.  Synth mini + both runs with their evaluations take ≈ 11–13
-#   minutes on 2 idle cores (12.8 min through ``nox -s reproduce_table1``).
+#   minutes on 2 idle cores (12.1 min through ``nox -s reproduce_table1``).
 TINY_MODEL: dict[str, Any] = dict(
     img_size=(128, 96),
     embed_dim=128,
