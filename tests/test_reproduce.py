@@ -429,6 +429,32 @@ def test_ablation_variants_change_one_thing() -> None:
 
 
 @pytest.mark.slow
+def test_ablation_report_renders_the_cross_type_summary_as_a_table() -> None:
+    from posebh.reproduce.ablations import markdown
+
+    metric = {"coco": "AP", "mpii": "PCKh", "aic": "AP"}
+    summary = {
+        "coco": {"in_domain": 0.040, "cross_mean": 0.024, "gap": 0.016},
+        "mpii": {"in_domain": 35.9, "cross_mean": 32.2, "gap": 3.7},
+        "aic": {"in_domain": 0.0, "cross_mean": None, "gap": None},
+    }
+    variant = {
+        "label": "baseline", "groups": ["components"], "mean": 1.0,
+        "metrics": {"coco val": {"metric": "AP", "value": 4.0}},
+        "cross_type": {"metric": metric, "summary": summary},
+    }  # fmt: skip
+    report = {
+        "variants": [variant], "measured_on": "x", "posebh_stage_steps": 1,
+        "provenance": {"commit": "c", "versions": {}},
+    }  # fmt: skip
+    md = markdown(report).split("## Cross-type")[1]
+    row = next(line for line in md.splitlines() if line.startswith("| baseline"))
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    # AP fractions in percent, PCKh as it is, a missing cross mean as "–".
+    assert cells == ["baseline", "4.0 / 2.4 (+1.6)", "35.9 / 32.2 (+3.7)", "0.0 / –"]
+    assert "{" not in md
+
+
 def test_ablations_end_to_end(tmp_path: Path) -> None:
     from posebh.reproduce.ablations import main as ablations_main
 

@@ -232,14 +232,46 @@ def markdown(report: Mapping[str, Any]) -> str:
         tabulate(body, headers=head, tablefmt="github", disable_numparse=True),
         "",
     ]
-    cross = [(v["label"], v["cross_type"]) for v in variants if v.get("cross_type")]
+    cross = [
+        (v["label"], v["cross_type"])
+        for v in variants
+        if isinstance(v.get("cross_type"), Mapping) and v["cross_type"].get("summary")
+    ]
     if cross:
-        lines += ["## Cross-type generalisation (own keypoints on other datasets' images)", ""]
-        for label, c in cross:
-            summary = c.get("summary") if isinstance(c, Mapping) else None
-            lines.append(f"- {label}: {json.dumps(summary) if summary else '(see JSON)'}")
-        lines.append("")
+        lines += [
+            "## Cross-type generalisation (own keypoints on other datasets' images)",
+            "",
+            "Each head d on its own images / the mean over the other image sets with d's "
+            "ground truth (gap = own − other), in percent; `posebh crosstype`, results.json "
+            "holds every cell.",
+            "",
+            _cross_table(cross),
+            "",
+        ]
     return "\n".join(lines)
+
+
+def _cross_table(cross: Sequence[tuple[str, Mapping[str, Any]]]) -> str:
+    """Variant × head: 'own / others (gap)' in percent (AP fractions scaled, PCKh as is)."""
+    from tabulate import tabulate
+
+    heads = list(cross[0][1]["summary"])
+    metric = cross[0][1].get("metric", {})
+
+    def pct(d: str, x: float | None) -> float | None:
+        return None if x is None else (x if metric.get(d) == "PCKh" else 100.0 * x)
+
+    def cell(d: str, s: Mapping[str, Any] | None) -> str:
+        if not s or s.get("in_domain") is None:
+            return "–"
+        own, other, gap = (pct(d, s.get(k)) for k in ("in_domain", "cross_mean", "gap"))
+        if other is None:
+            return f"{own:.1f} / –"
+        return f"{own:.1f} / {other:.1f} ({gap:+.1f})"
+
+    rows = [[label] + [cell(d, c["summary"].get(d)) for d in heads] for label, c in cross]
+    headers = ["variant"] + [f"{d} {metric.get(d, '')}".strip() for d in heads]
+    return tabulate(rows, headers=headers, tablefmt="github", disable_numparse=True)
 
 
 def write_report(report: Mapping[str, Any], out_dir: Path) -> dict[str, str]:
