@@ -248,13 +248,9 @@ def load_init(model: PoseBH, path: str | os.PathLike[str], config: TrainConfig) 
     path = os.fspath(path)
     if not Path(path).is_file():
         raise FileNotFoundError(f"--init checkpoint not found: {path}")
-    raw = torch.load(path, map_location="cpu", weights_only=True)
-    if isinstance(raw, Mapping) and raw.get("format") == CHECKPOINT_FORMAT:
-        sd = dict(raw["model"])
-    else:
-        sd = read_state_dict(raw)
-        if not any(k.startswith("heads.") for k in sd):
-            sd = official_to_posebh(sd)
+    sd = read_state_dict(path)  # also reads this trainer's own checkpoints (their 'model')
+    if not any(k.startswith("heads.") for k in sd):
+        sd = official_to_posebh(sd)
     notes = [f"init: {path}"]
     has_experts = any(".mlp.experts." in k for k in sd)
     if has_experts and model.backbone.num_experts == 0:
@@ -719,6 +715,10 @@ class Trainer:
 
     # ---------------------------------------------------------------- losses
 
+    def _css_active(self) -> bool:
+        """CSS runs this step (it reads every head on every image)."""
+        return bool(self.state.css and self.config.loss.css_weight > 0)
+
     def compute_losses(
         self,
         out: Any,
@@ -742,20 +742,19 @@ class Trainer:
             w = target_weight[:, :k] * mask[:, None, None]
             targets.append(t)
             weights.append(w)
-            if h in self.names_of_head and head_rows is not None:
-                rows = head_rows[h]
-                hm = out.heatmaps[h].float()
-                if rows.numel() == 0:
-                    loss = hm.sum() * 0.0  # keeps the head in the graph (DDP)
-                else:
-                    # The other rows would add zeros (their weights are zeroed): same mean.
-                    loss = self.mse(hm, t[rows], w[rows]) * (rows.numel() / t.shape[0])
-                logs[f"hm/{self.names_of_head[h]}"] = loss.detach()
-                total = total + loss
-            elif h in self.names_of_head:
-                loss = self.mse(out.heatmaps[h].float(), t, w)
-                logs[f"hm/{self.names_of_head[h]}"] = loss.detach()
-                total = total + loss
+            if h not in self.names_of_head:
+                continue
+            hm = out.heatmaps[h].float()
+            rows = None if head_rows is None else head_rows[h]
+            if rows is None:
+                loss = self.mse(hm, t, w)
+            elif rows.numel() == 0:
+                loss = hm.sum() * 0.0  # keeps the head in the graph (DDP)
+            else:
+                # The other rows would add zeros (their weights are zeroed): same mean.
+                loss = self.mse(hm, t[rows], w[rows]) * (rows.numel() / t.shape[0])
+            logs[f"hm/{self.names_of_head[h]}"] = loss.detach()
+            total = total + loss
         protos = model.keypoint_prototypes
         if protos is None:
             logs["loss"] = total.detach()
@@ -764,7 +763,7 @@ class Trainer:
         # Before any update, as the release.  CSS reads every dataset's classes on every
         # image; without it only each image's own block is ever read, so only those are
         # computed (the same values, ~D× less work on the largest tensor of the step).
-        use_css = self.state.css and lc.css_weight > 0
+        use_css = self._css_active()
         proto_hm = protos.heatmaps(emb, -1) if use_css else self._own_heatmaps(emb, dataset_idx)
         pl = prototype_losses(
             emb,
@@ -871,9 +870,7 @@ class Trainer:
             else nullcontext()
         )
         head_rows = None
-        if self.config.heads_on_own_images and not (
-            self.state.css and self.config.loss.css_weight > 0
-        ):
+        if self.config.heads_on_own_images and not self._css_active():
             head_rows = [
                 torch.nonzero(dataset_idx == h).squeeze(1) for h in range(len(self.model.heads))
             ]
