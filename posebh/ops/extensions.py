@@ -6,8 +6,11 @@ environment would pull the CUDA torch wheel from PyPI. Instead each extension is
 ``torch.utils.cpp_extension.load`` (ninja) the first time one of its operators is needed —
 about 15–30 s on two cores — into torch's extension cache (``$TORCH_EXTENSIONS_DIR``, default
 ``~/.cache/torch_extensions/<py>_<cpu|cuXXX>/``), where later processes find it in well under a
-second. The build's name carries a hash of every file under ``csrc/`` (headers included), so
-an edited source is rebuilt and a stale binary is never loaded.
+second. The compile flags carry a hash of every file under ``csrc/`` (headers included), and
+torch rebuilds when sources or flags change, so an edited header is rebuilt too and a stale
+binary is never loaded. Builds of one library are serialised by an ``flock`` that dies with
+its process, so a build killed half way (whose torch ``lock`` file would otherwise make every
+later process wait forever) is cleaned up by the next one.
 
 Variants: the CPU sources only, unless ``torch.cuda.is_available()`` and a CUDA toolkit is
 found (``CUDA_HOME`` or ``nvcc``), in which case the CUDA sources are added to the same library
@@ -30,6 +33,7 @@ Registering an extension (done by the op module that owns it)::
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import importlib
@@ -40,7 +44,7 @@ import shutil
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
@@ -51,6 +55,7 @@ import torch
 __all__ = [
     "ExtensionSpec",
     "ExtensionState",
+    "build_directory",
     "build_extensions",
     "cuda_build_support",
     "kernels_package",
@@ -188,6 +193,71 @@ def _first_error(text: str) -> str:
     return lines[0][:300] if lines else "unknown error"
 
 
+def build_directory(library_name: str) -> Path:
+    """Where torch's ``cpp_extension.load`` builds ``library_name``: torch's own layout
+    (``$TORCH_EXTENSIONS_DIR/<name>``, else ``~/.cache/torch_extensions/py311_cpu/<name>``),
+    computed here because we pass it explicitly and lock it ourselves."""
+    from torch.utils import cpp_extension
+
+    root = os.environ.get("TORCH_EXTENSIONS_DIR")
+    if root is None:
+        if torch.version.hip is not None:
+            accelerator = "rocm" + torch.version.hip.replace(".", "")
+        elif torch.version.cuda is not None:
+            accelerator = "cu" + torch.version.cuda.replace(".", "")
+        else:
+            accelerator = "cpu"
+        py = f"py{sys.version_info.major}{sys.version_info.minor}{getattr(sys, 'abiflags', '')}"
+        root = os.path.join(cpp_extension.get_default_build_root(), f"{py}_{accelerator}")
+    path = Path(root) / library_name
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+#: How long a process waits for another one's build of the same library before giving up
+#: (the extension is then reported unavailable and the PyTorch reference runs).
+BUILD_LOCK_TIMEOUT_S = 1800.0
+
+
+@contextlib.contextmanager
+def _exclusive_build(build_dir: Path) -> Iterator[str]:
+    """Hold an ``flock`` on ``<build_dir>.posebh-lock`` for the build; yields the path of a
+    stale torch ``lock`` file it removed ("" if none).
+
+    torch's own baton is a plain ``lock`` file in the build directory that a killed build
+    leaves behind, and every later ``cpp_extension.load`` then waits on it forever (a CI run
+    hung on exactly that). An ``flock`` dies with its process, so under ours no posebh build
+    is running and any torch ``lock`` left in the directory is stale.
+    """
+    try:
+        import fcntl
+    except ImportError:  # not POSIX: torch's baton alone
+        yield ""
+        return
+    with open(f"{build_dir}.posebh-lock", "a+") as handle:
+        deadline = time.monotonic() + BUILD_LOCK_TIMEOUT_S
+        while True:
+            try:
+                fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    raise TimeoutError(
+                        f"another process has been building {build_dir} for more than "
+                        f"{BUILD_LOCK_TIMEOUT_S:.0f} s (lock {build_dir}.posebh-lock)"
+                    ) from None
+                time.sleep(0.2)
+        try:
+            stale = build_dir / "lock"
+            removed = ""
+            if stale.exists():
+                stale.unlink()
+                removed = str(stale)
+            yield removed
+        finally:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+
+
 def state(name: str) -> ExtensionState:
     """The current state of extension ``name`` (never builds)."""
     # Lock-free: a dict read is atomic, and torch.compile cannot trace through a lock.
@@ -231,15 +301,21 @@ def load_extension(name: str, *, build: bool = True, verbose: bool = False) -> E
                 raise FileNotFoundError(f"missing sources: {', '.join(missing)}")
             from torch.utils import cpp_extension
 
-            library = cpp_extension.load(
-                name=f"posebh_{spec.name}_{variant}",
-                sources=sources,
-                extra_cflags=[*CXX_FLAGS, f"-DPOSEBH_SOURCES_HASH={_sources_hash(root)}"],
-                extra_cuda_cflags=list(CUDA_FLAGS),
-                with_cuda=variant == "cuda",
-                is_python_module=False,
-                verbose=verbose,
-            )
+            library_name = f"posebh_{spec.name}_{variant}"
+            build_dir = build_directory(library_name)
+            with _exclusive_build(build_dir) as removed:
+                if removed:
+                    current.extra["stale_lock"] = removed
+                library = cpp_extension.load(
+                    name=library_name,
+                    sources=sources,
+                    extra_cflags=[*CXX_FLAGS, f"-DPOSEBH_SOURCES_HASH={_sources_hash(root)}"],
+                    extra_cuda_cflags=list(CUDA_FLAGS),
+                    with_cuda=variant == "cuda",
+                    is_python_module=False,
+                    build_directory=str(build_dir),
+                    verbose=verbose,
+                )
             if spec.on_load is not None:
                 spec.on_load()
         except Exception as exc:  # a build must never break the caller: record and go on
@@ -253,6 +329,8 @@ def load_extension(name: str, *, build: bool = True, verbose: bool = False) -> E
         current.library = str(library)
         current.seconds = time.perf_counter() - t0
         current.reason = f"loaded {Path(str(library)).name} ({variant} variant; {why})"
+        if current.extra.get("stale_lock"):
+            current.reason += f"; removed a stale build lock {current.extra['stale_lock']}"
         return current
 
 
