@@ -476,3 +476,4 @@ def test_ablations_end_to_end(tmp_path: Path) -> None:
                                      "apt36k test", "coco_wholebody val"}  # fmt: skip
     assert "SYNTHETIC" in (out / "results.md").read_text()
     assert (out / "ablations.png").is_file()
+    assert (tmp_path / "latest").resolve() == out.resolve()  # as the tables' runs

@@ -395,6 +395,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         cross_type=not args.no_cross_type,
         progress=not args.no_progress,
     )
+    from posebh.reproduce.cli import link_latest
+
+    link_latest(out)
     print(markdown(report))
     print(f"wrote {out}/results.md, results.json, ablations.png ({report['wall_time_s']} s)")
     return 0

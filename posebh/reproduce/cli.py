@@ -104,7 +104,8 @@ def _run_id(mode: str) -> str:
     return f"{mode}-{_dt.datetime.now(_dt.timezone.utc).strftime('%Y%m%dT%H%M%SZ')}"
 
 
-def _link_latest(out: Path) -> None:
+def link_latest(out: Path) -> None:
+    """Point ``<out>/../latest`` at the run folder ``out`` (best effort)."""
     latest = out.parent / "latest"
     try:
         if latest.is_symlink() or latest.exists():
@@ -218,7 +219,7 @@ def run(args: argparse.Namespace, table_name: str | None = None) -> int:
     run_ = evaluate_table(table, context, out, models=models)
     extra["wall_time_s"] = round(time.perf_counter() - start, 1)
     files = write_run(run_, out, extra=extra, plots=not args.no_plots)
-    _link_latest(out)
+    link_latest(out)
     print()
     print("\n".join(headline(run_)))
     print(wide_table(run_))
