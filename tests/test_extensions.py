@@ -71,6 +71,24 @@ def test_a_live_build_in_another_process_is_waited_for_then_times_out(
         assert removed == str(build / "lock")
 
 
+def test_a_filesystem_without_flock_falls_back_to_torchs_baton(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import errno
+    import fcntl
+
+    def no_locks(fd: int, op: int) -> None:
+        raise OSError(errno.ENOLCK, "No locks available")
+
+    monkeypatch.setattr(fcntl, "flock", no_locks)
+    build = tmp_path / "posebh_x_cpu"
+    build.mkdir()
+    (build / "lock").write_text("")
+    with extensions._exclusive_build(build) as removed:
+        assert removed == ""  # without our lock, torch's file cannot be judged stale
+    assert (build / "lock").exists()
+
+
 def test_build_directory_follows_torch_extensions_dir(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

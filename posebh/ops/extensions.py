@@ -239,14 +239,21 @@ def _exclusive_build(build_dir: Path) -> Iterator[str]:
         while True:
             try:
                 fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+                locked = True
                 break
-            except BlockingIOError:
+            except BlockingIOError:  # another live build of this library
                 if time.monotonic() > deadline:
                     raise TimeoutError(
                         f"another process has been building {build_dir} for more than "
                         f"{BUILD_LOCK_TIMEOUT_S:.0f} s (lock {build_dir}.posebh-lock)"
                     ) from None
                 time.sleep(0.2)
+            except OSError:  # no flock on this filesystem (some NFS mounts)
+                locked = False
+                break
+        if not locked:  # torch's baton alone, as before
+            yield ""
+            return
         try:
             stale = build_dir / "lock"
             removed = ""
