@@ -289,6 +289,56 @@ def test_synthetic_cells_are_never_compared(fixture_root: Path, fixture_weights:
     assert not run.failed()
 
 
+def test_cells_at_the_no_model_floor_are_marked() -> None:
+    """A measured cell must beat its row's floor by 1 point and by 2× (EPE: lower is better)
+    to count as learned; the others are marked in the table, named below it and flagged in
+    results.json, so a chance-level number cannot pass for a result."""
+    from posebh.reproduce.harness import (
+        Cell,
+        TableRun,
+        floor_summary,
+        run_to_dict,
+        versus_floor,
+        wide_table,
+    )
+
+    assert versus_floor(13.6, 1.0, "AP") == "above floor"
+    assert versus_floor(0.9, 0.0, "AP") == "not above floor"  # less than one point
+    assert versus_floor(1.5, 0.0, "AP") == "above floor"
+    assert versus_floor(30.0, 19.0, "PCKh") == "not above floor"  # less than twice
+    assert versus_floor(38.0, 19.0, "PCKh") == "above floor"
+    assert versus_floor(0.4, 0.5, "AP") == "not above floor"  # below the floor
+    assert versus_floor(9.0, 10.0, "EPE") == "not above floor"
+    assert versus_floor(4.0, 10.0, "EPE") == "above floor"
+    assert versus_floor(None, 1.0, "AP") is None and versus_floor(3.0, None, "AP") is None
+
+    table = load_table("table1")
+    rows = {r.dataset: r for r in table.rows}
+
+    def cell(dataset: str, measured: float) -> Cell:
+        row = rows[dataset]
+        return Cell(row=row.label, dataset=dataset, split=row.split, metric="AP",
+                    model="posebh_b", model_label="PoseBH-B", expected=77.3,
+                    measured=measured, tolerance=0.5, status="synthetic")  # fmt: skip
+
+    ctx = RunContext(data_root=Path("data"), weights=Path("weights"), mode="synthetic",
+                     measured_label="x", progress=False)  # fmt: skip
+    floors = {(rows["coco"].label, "AP"): (0.1, "s"), (rows["aic"].label, "AP"): (0.0, "s")}
+    run = TableRun(table, ctx, [cell("coco", 2.0), cell("aic", 0.0)], {}, 0.0, floors=floors)
+    lines = {ln.split("|")[1].strip(): ln for ln in wide_table(run).splitlines()[2:]}
+    assert "syn 0.0 (at floor)" in lines[rows["aic"].label]
+    assert "syn 2.0" in lines[rows["coco"].label] and "floor)" not in lines[rows["coco"].label]
+    summary = " ".join(floor_summary(run))
+    assert rows["aic"].label in summary and rows["coco"].label not in summary
+    assert "chance level" in summary
+    cells = {c["dataset"]: c for c in run_to_dict(run)["cells"]}
+    assert cells["aic"]["versus_floor"] == "not above floor" and cells["aic"]["floor"] == 0.0
+    assert cells["coco"]["versus_floor"] == "above floor" and cells["coco"]["floor"] == 0.1
+    # No floors (e.g. --no-floor): no marks, no summary.
+    bare = dataclasses.replace(run, floors={})
+    assert "(at floor)" not in wide_table(bare) and floor_summary(bare) == []
+
+
 # ------------------------------------------------------------------------------------------
 # Metric regression
 # ------------------------------------------------------------------------------------------

@@ -150,7 +150,14 @@ def _train_plan(table: Table, args: argparse.Namespace, work: Path) -> list[list
 
 def run(args: argparse.Namespace, table_name: str | None = None) -> int:
     """Run the parsed arguments; returns the exit status (1 when a real cell fails)."""
-    from posebh.reproduce.harness import RunContext, evaluate_table, headline, wide_table, write_run
+    from posebh.reproduce.harness import (
+        RunContext,
+        evaluate_table,
+        floor_summary,
+        headline,
+        wide_table,
+        write_run,
+    )
 
     start = time.perf_counter()
     table = load_table(table_name or args.table)
@@ -223,6 +230,8 @@ def run(args: argparse.Namespace, table_name: str | None = None) -> int:
     print()
     print("\n".join(headline(run_)))
     print(wide_table(run_))
+    for line in floor_summary(run_):
+        print(line)
     print(f"\nwrote {files['markdown']} and {files['json']} (wall time {extra['wall_time_s']} s)")
     failed = run_.failed()
     if failed:

@@ -43,6 +43,25 @@ __all__ = [
 #: reason says why (missing checkpoint, …).
 STATUSES = ("pass", "fail", "measured", "synthetic", "submission", "not run")
 
+#: A measured cell has learned its row ("above floor") when it beats the row's no-model floor
+#: by at least this many points (pixels for EPE) *and* by a factor of two; otherwise it is
+#: reported as "not above floor", so that a number at chance level cannot pass for a result.
+FLOOR_MARGIN = 1.0
+#: Metrics where lower is better.
+LOWER_IS_BETTER = frozenset({"EPE"})
+
+
+def versus_floor(measured: float | None, floor: float | None, metric: str) -> str | None:
+    """The verdict "above floor" or "not above floor" (:data:`FLOOR_MARGIN`); None when either
+    number is missing."""
+    if measured is None or floor is None:
+        return None
+    if metric in LOWER_IS_BETTER:
+        learned = measured <= floor - FLOOR_MARGIN and measured <= floor / 2
+    else:
+        learned = measured >= floor + FLOOR_MARGIN and measured >= 2 * floor
+    return "above floor" if learned else "not above floor"
+
 
 @dataclass
 class Cell:
@@ -108,6 +127,16 @@ class TableRun:
 
     def failed(self) -> list[Cell]:
         return [c for c in self.cells if c.status == "fail"]
+
+    def floor_of(self, cell: Cell) -> float | None:
+        return self.floors.get((cell.row, cell.metric), (None, ""))[0]
+
+    def versus_floor(self, cell: Cell) -> str | None:
+        """The cell against its row's no-model floor (:func:`versus_floor`)."""
+        return versus_floor(cell.measured, self.floor_of(cell), cell.metric)
+
+    def not_above_floor(self) -> list[Cell]:
+        return [c for c in self.cells if self.versus_floor(c) == "not above floor"]
 
 
 def row_spec(row: TableRow, context: RunContext):
@@ -335,7 +364,12 @@ def _fmt(v: float | None, digits: int = 1) -> str:
     return "–" if v is None else f"{v:.{digits}f}"
 
 
-def _cell_text(c: Cell) -> str:
+def _cell_text(c: Cell, verdict: str | None = None) -> str:
+    text = _cell_value_text(c)
+    return text + " (at floor)" if verdict == "not above floor" else text
+
+
+def _cell_value_text(c: Cell) -> str:
     digits = 2 if c.metric == "EPE" else 1
     if c.status == "not run":
         return f"{_fmt(c.expected, digits)} / not run"
@@ -363,7 +397,10 @@ def wide_table(run: TableRun, tablefmt: str = "github") -> str:
     body = []
     for row, metric in keys:
         line = [row, metric] + [
-            _cell_text(by[(row, metric, m.id)]) if (row, metric, m.id) in by else "" for m in models
+            _cell_text(by[key], run.versus_floor(by[key]))
+            if (key := (row, metric, m.id)) in by
+            else ""
+            for m in models
         ]
         if run.floors:
             floor = run.floors.get((row, metric), (None, ""))[0]
@@ -376,6 +413,29 @@ def wide_table(run: TableRun, tablefmt: str = "github") -> str:
         tablefmt=tablefmt,
         disable_numparse=True,
     )
+
+
+def floor_summary(run: TableRun) -> list[str]:
+    """Lines naming the cells that do not beat their row's no-model floor (none: no lines)."""
+    cells = run.not_above_floor()
+    if not cells:
+        return []
+    digits = {c.row: 2 if c.metric in LOWER_IS_BETTER else 1 for c in cells}
+    named = "; ".join(
+        f"{c.row} {c.metric}, {c.model_label}: {_fmt(c.measured, digits[c.row])} "
+        f"(floor {_fmt(run.floor_of(c), digits[c.row])})"
+        for c in cells
+    )
+    lines = [
+        f"Not above the no-model floor (by less than {FLOOR_MARGIN:g} point or less than 2×), "
+        f"marked '(at floor)': {named}."
+    ]
+    if run.context.mode == "synthetic":
+        lines.append(
+            "The tiny CPU models have not learned these rows: their numbers are chance level, "
+            "not results (README, 'What the synthetic default shows')."
+        )
+    return lines
 
 
 def long_table(run: TableRun, tablefmt: str = "github") -> str:
@@ -487,7 +547,15 @@ def run_to_dict(run: TableRun, extra: Mapping[str, Any] | None = None) -> dict[s
             }
             for r in run.table.rows
         ],
-        "cells": [dict(dataclasses.asdict(c), delta=c.delta) for c in run.cells],
+        "cells": [
+            dict(
+                dataclasses.asdict(c),
+                delta=c.delta,
+                floor=run.floor_of(c),
+                versus_floor=run.versus_floor(c),
+            )
+            for c in run.cells
+        ],
         "floors": [
             {"row": row, "metric": metric, "value": value, "source": source}
             for (row, metric), (value, source) in run.floors.items()
@@ -523,6 +591,7 @@ def write_run(
         "",
         wide_table(run),
         "",
+        *[line for text in floor_summary(run) for line in (text, "")],
         "## Every cell",
         "",
         long_table(run),
