@@ -341,6 +341,25 @@ def test_cells_at_the_no_model_floor_are_marked() -> None:
     # No floors (e.g. --no-floor): no marks, no summary.
     bare = dataclasses.replace(run, floors={})
     assert "(at floor)" not in wide_table(bare) and floor_summary(bare) == []
+    # Pixels keep two decimals beside percentages of the same row; lower EPE is better.
+    hand = next(r for r in load_table("table4").rows if r.dataset == "interhand2d")
+    mixed = [
+        dataclasses.replace(
+            cell("coco", 9.0),
+            row=hand.label,
+            dataset="interhand2d",
+            metric=metric,
+            measured=measured,
+        )
+        for metric, measured in (("EPE", 9.5), ("AUC", 20.5), ("PCK", 80.0))
+    ]
+    floors = {(hand.label, m): (v, "s") for m, v in (("EPE", 10.0), ("AUC", 20.0), ("PCK", 20.0))}
+    run = TableRun(load_table("table4"), ctx, mixed, {}, 0.0, floors=floors)
+    verdicts = [run.versus_floor(c) for c in mixed]
+    assert verdicts == ["not above floor", "not above floor", "above floor"]
+    summary = floor_summary(run)[0]
+    assert "EPE, PoseBH-B: 9.50 (floor 10.00)" in summary
+    assert "AUC, PoseBH-B: 20.5 (floor 20.0)" in summary and "PCK," not in summary
 
 
 # ------------------------------------------------------------------------------------------

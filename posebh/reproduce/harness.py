@@ -363,6 +363,10 @@ def _status(expected: float | None, measured: float | None, tol: float, mode: st
 # ------------------------------------------------------------------------------------------
 
 
+def _digits(metric: str) -> int:
+    return 2 if metric == "EPE" else 1  # pixels get two decimals, percentages one
+
+
 def _fmt(v: float | None, digits: int = 1) -> str:
     return "–" if v is None else f"{v:.{digits}f}"
 
@@ -373,7 +377,7 @@ def _cell_text(c: Cell, verdict: str | None = None) -> str:
 
 
 def _cell_value_text(c: Cell) -> str:
-    digits = 2 if c.metric == "EPE" else 1
+    digits = _digits(c.metric)
     if c.status == "not run":
         return f"{_fmt(c.expected, digits)} / not run"
     if c.status == "submission":
@@ -407,7 +411,7 @@ def wide_table(run: TableRun, tablefmt: str = "github") -> str:
         ]
         if run.floors:
             floor = run.floors.get((row, metric), (None, ""))[0]
-            line.append(_fmt(floor, 2 if metric == "EPE" else 1))
+            line.append(_fmt(floor, _digits(metric)))
         body.append(line)
     headers = ["dataset split", "metric"] + [m.label for m in models]
     return tabulate(
@@ -423,10 +427,9 @@ def floor_summary(run: TableRun) -> list[str]:
     cells = run.not_above_floor()
     if not cells:
         return []
-    digits = {c.row: 2 if c.metric in LOWER_IS_BETTER else 1 for c in cells}
     named = "; ".join(
-        f"{c.row} {c.metric}, {c.model_label}: {_fmt(c.measured, digits[c.row])} "
-        f"(floor {_fmt(run.floor_of(c), digits[c.row])})"
+        f"{c.row} {c.metric}, {c.model_label}: {_fmt(c.measured, _digits(c.metric))} "
+        f"(floor {_fmt(run.floor_of(c), _digits(c.metric))})"
         for c in cells
     )
     lines = [
