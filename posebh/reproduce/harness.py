@@ -131,12 +131,13 @@ class TableRun:
     def failed(self) -> list[Cell]:
         return [c for c in self.cells if c.status == "fail"]
 
-    def floor_of(self, cell: Cell) -> float | None:
-        return self.floors.get((cell.row, cell.metric), (None, ""))[0]
+    def floor_of(self, row: str, metric: str) -> float | None:
+        """The no-model floor of a (row label, metric), None when not scored."""
+        return self.floors.get((row, metric), (None, ""))[0]
 
     def versus_floor(self, cell: Cell) -> str | None:
         """The cell against its row's no-model floor (:func:`versus_floor`)."""
-        return versus_floor(cell.measured, self.floor_of(cell), cell.metric)
+        return versus_floor(cell.measured, self.floor_of(cell.row, cell.metric), cell.metric)
 
     def not_above_floor(self) -> list[Cell]:
         return [c for c in self.cells if self.versus_floor(c) == "not above floor"]
@@ -410,8 +411,7 @@ def wide_table(run: TableRun, tablefmt: str = "github") -> str:
             for m in models
         ]
         if run.floors:
-            floor = run.floors.get((row, metric), (None, ""))[0]
-            line.append(_fmt(floor, _digits(metric)))
+            line.append(_fmt(run.floor_of(row, metric), _digits(metric)))
         body.append(line)
     headers = ["dataset split", "metric"] + [m.label for m in models]
     return tabulate(
@@ -429,7 +429,7 @@ def floor_summary(run: TableRun) -> list[str]:
         return []
     named = "; ".join(
         f"{c.row} {c.metric}, {c.model_label}: {_fmt(c.measured, _digits(c.metric))} "
-        f"(floor {_fmt(run.floor_of(c), _digits(c.metric))})"
+        f"(floor {_fmt(run.floor_of(c.row, c.metric), _digits(c.metric))})"
         for c in cells
     )
     lines = [
@@ -557,7 +557,7 @@ def run_to_dict(run: TableRun, extra: Mapping[str, Any] | None = None) -> dict[s
             dict(
                 dataclasses.asdict(c),
                 delta=c.delta,
-                floor=run.floor_of(c),
+                floor=run.floor_of(c.row, c.metric),
                 versus_floor=run.versus_floor(c),
             )
             for c in run.cells
