@@ -10,9 +10,10 @@ Cases (N instances × K keypoints × 64×48 maps, float32, model-like σ = 2 Gau
 - ``coco_udp_flip``: COCO's evaluation setting: DARK-UDP with the flip test fused
   (``shift_heatmap=False``).
 
-Backends: ``reference`` (posebh.decode.decode_heatmaps, after posebh.decode.flip_test_merge for
-the flip cases: what posebh.evaluate runs today), ``cpp``, ``triton`` and ``cuda`` (skipped with
-the dispatcher's reason when they cannot run here). ``extra_info`` holds, per run:
+Backends: ``reference`` (posebh.decode.keypoints_from_heatmaps, after
+posebh.decode.flip_test_merge for the flip cases: what posebh.evaluate runs today), ``cpp``,
+``triton`` and ``cuda`` (skipped with the dispatcher's reason when they cannot run here).
+``extra_info`` holds, per run:
 ``speedup_vs_reference`` (reference min time / this min time, the reference timed in the same
 session), ``peak_mb`` (peak of torch's CPU allocator, from the profiler's memory events, plus
 NumPy/Python's traced peak; the C++ op's per-thread O(H·W) scratch is not counted),
@@ -37,8 +38,8 @@ from typing import Any
 import pytest
 import torch
 
-from posebh.decode import decode_heatmaps as reference_decode
 from posebh.decode import flip_test_merge
+from posebh.decode import keypoints_from_heatmaps as reference_decode
 from posebh.ops import decode as ops_decode
 from posebh.skeletons import get_skeleton
 

@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from posebh.datasets import DatasetSpec, read_dataset
-from posebh.decode import decode_heatmaps
+from posebh.decode import keypoints_from_heatmaps
 from posebh.evaluate import compute_metrics, default_protocol, predict
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data" / "mmpose_testdata"
@@ -79,5 +79,5 @@ def test_bench_decode_only_reference(benchmark, coco) -> None:
     maps = StubHeads().maps.expand(n, -1, -1, -1).numpy().copy()
     center = np.stack([i.center for i in instances]).astype(np.float32)
     scale = np.stack([i.scale for i in instances]).astype(np.float32)
-    preds, _ = benchmark(decode_heatmaps, maps, center, scale, use_udp=True)
+    preds, _ = benchmark(keypoints_from_heatmaps, maps, center, scale, use_udp=True)
     assert preds.shape == (n, 17, 2)

@@ -31,7 +31,7 @@ import torch
 
 from posebh import ops
 from posebh.ops.registry import CallInfo
-from posebh.prototypes import prototype_similarity_heatmaps
+from posebh.ops.similarity_reference import prototype_similarity_heatmaps
 
 F_DIM, H, W, J, M = 64, 64, 48, 214, 3
 CASES = {"coco": slice(0, 17), "all": slice(0, J)}

@@ -5,7 +5,8 @@ Shapes: ``heatmaps`` ``[N, K, H, W]`` float32 (``N`` instances, ``K`` keypoints;
 raw model output on the mirrored image) with ``flip_indices`` ``[K]``; outputs ``preds``
 ``[N, K, 2]`` float32 in image pixels and ``maxvals`` ``[N, K, 1]`` float32.
 
-One program decodes one map, as :func:`posebh.decode.decode_heatmaps` (the reference) does:
+One program decodes one map, as :func:`posebh.decode.keypoints_from_heatmaps` (the reference)
+does:
 
 1. one pass over the map in blocks: the flip-test merge ``(a + flip_back(flipped)) · 0.5`` is
    computed on load when ``flipped`` is given (:func:`posebh.decode.flip_test_merge` without
@@ -41,7 +42,7 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from posebh.decode import gaussian_kernel_1d
+from .limits import DECODE_GPU_POST_PROCESS, DECODE_TRITON_MAX_KERNEL
 
 __all__ = ["INTERPRET", "MAX_KERNEL", "SUPPORTED", "decode_heatmaps", "mode_of"]
 
@@ -50,9 +51,11 @@ INTERPRET: bool = os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
 
 _MODE_NONE, _MODE_DEFAULT, _MODE_UDP = 0, 1, 4
 #: (post_process, use_udp) combinations the kernel implements.
-SUPPORTED = {(None, False), ("default", False), (None, True), ("default", True), ("unbiased", True)}
+SUPPORTED = {(pp, False) for pp in DECODE_GPU_POST_PROCESS} | {
+    (pp, True) for pp in (None, "default", "unbiased")
+}
 #: Largest Gaussian kernel (the blur is unrolled at compile time).
-MAX_KERNEL = 63
+MAX_KERNEL = DECODE_TRITON_MAX_KERNEL
 _BIG = tl.constexpr(2**30)  # "no index" in the arg-max reductions (maps are far smaller)
 
 
@@ -344,11 +347,16 @@ def decode_heatmaps(
     post_process: str | None = "default",
     use_udp: bool = False,
     kernel: int = 11,
+    taps: Tensor | np.ndarray | None = None,
 ) -> tuple[Tensor, Tensor]:
     """Decode ``heatmaps`` ``[N, K, H, W]`` (float32, CUDA; CPU under the interpreter) to
     ``(preds [N, K, 2], maxvals [N, K, 1])`` float32, fusing the flip test when ``flipped`` is
     given (``flip_indices`` ``[K]``, ``shift`` = ``shift_heatmap``). Same semantics as
-    :func:`posebh.decode.decode_heatmaps` after :func:`posebh.decode.flip_test_merge`.
+    :func:`posebh.decode.keypoints_from_heatmaps` after :func:`posebh.decode.flip_test_merge`.
+
+    ``taps`` (DARK-UDP only, required there): the ``kernel`` float32 taps of OpenCV's 1-D
+    Gaussian for that size (``cv2.getGaussianKernel(kernel, 0)``; posebh.ops passes
+    ``posebh.decode.gaussian_kernel_1d(kernel)``).
 
     Raises:
         NotImplementedError: for a mode outside :data:`SUPPORTED` or a kernel above
@@ -375,7 +383,11 @@ def decode_heatmaps(
             )
         if kernel > MAX_KERNEL:
             raise NotImplementedError(f"the Triton decode supports kernels up to {MAX_KERNEL}")
-        taps = torch.from_numpy(np.ascontiguousarray(gaussian_kernel_1d(int(kernel))))
+        if taps is None:
+            raise ValueError("use_udp=True needs the Gaussian taps of the kernel (taps=...)")
+        taps = torch.as_tensor(taps, dtype=torch.float32).reshape(-1).contiguous()
+        if taps.numel() != int(kernel):
+            raise ValueError(f"taps has {taps.numel()} values for kernel {kernel}")
     else:
         taps = torch.ones(1, dtype=torch.float32)
     device = heatmaps.device

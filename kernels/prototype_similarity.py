@@ -3,10 +3,10 @@
 Shapes: embeddings ``[B, F, H, W]`` (heatmaps) or ``[N, F]`` (training logits), prototypes
 ``[J, M, F]``; a call covers the class block ``start .. stop − 1`` (``K = stop − start``).
 
-- :class:`PrototypeHeatmaps`: ``[B, K, H, W]``, ``out[b, k, y, x] = clamp(max_m |cos(e, p[start
-  + k, m])|, 1e-4, 1 − 1e-4)``.
-- :class:`PrototypeLogits`: ``logits [N, K·M]`` (``|cos|``, column ``k·M + m``) and ``best [N,
-  K]`` int64, the first arg-max over ``m`` (NaN counts as the largest value, like
+- :class:`PrototypeHeatmapsFunction`: ``[B, K, H, W]``, ``out[b, k, y, x] = clamp(max_m
+  |cos(e, p[start + k, m])|, 1e-4, 1 − 1e-4)``.
+- :class:`PrototypeLogitsFunction`: ``logits [N, K·M]`` (``|cos|``, column ``k·M + m``) and
+  ``best [N, K]`` int64, the first arg-max over ``m`` (NaN counts as the largest value, like
   ``torch.argmax``).
 
 Each program normalises a block of ``BLOCK_P`` pixels once, then loops over the class block
@@ -45,8 +45,8 @@ from torch import Tensor
 
 __all__ = [
     "INTERPRET",
-    "PrototypeHeatmaps",
-    "PrototypeLogits",
+    "PrototypeHeatmapsFunction",
+    "PrototypeLogitsFunction",
     "prototype_heatmaps",
     "prototype_logits",
 ]
@@ -430,7 +430,7 @@ def _no_prototype_grad(ctx: torch.autograd.function.FunctionCtx) -> None:
         )
 
 
-class PrototypeHeatmaps(torch.autograd.Function):
+class PrototypeHeatmapsFunction(torch.autograd.Function):
     """``apply(embeddings [B,F,H,W], prototypes [J,M,F], start, stop) -> [B,K,H,W]``."""
 
     @staticmethod
@@ -447,7 +447,7 @@ class PrototypeHeatmaps(torch.autograd.Function):
         return gx, None, None, None
 
 
-class PrototypeLogits(torch.autograd.Function):
+class PrototypeLogitsFunction(torch.autograd.Function):
     """``apply(embeddings [N,F], prototypes [J,M,F], start, stop) -> (logits [N,K·M], best
     [N,K] int64)``; ``best`` is not differentiable."""
 
@@ -472,11 +472,11 @@ class PrototypeLogits(torch.autograd.Function):
 
 def prototype_heatmaps(embeddings: Tensor, prototypes: Tensor, start: int, stop: int) -> Tensor:
     """Differentiable heatmaps [B, K, H, W] of classes ``start .. stop − 1`` (Triton)."""
-    return PrototypeHeatmaps.apply(embeddings, prototypes, start, stop)
+    return PrototypeHeatmapsFunction.apply(embeddings, prototypes, start, stop)
 
 
 def prototype_logits(
     embeddings: Tensor, prototypes: Tensor, start: int, stop: int
 ) -> tuple[Tensor, Tensor]:
     """Differentiable logits [N, K·M] and arg-max [N, K] of classes ``start .. stop − 1``."""
-    return PrototypeLogits.apply(embeddings, prototypes, start, stop)
+    return PrototypeLogitsFunction.apply(embeddings, prototypes, start, stop)

@@ -42,6 +42,8 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import Tensor, nn
 
+from posebh.protocol import TRAINING_DATASETS, UnknownDatasetError, get_protocol
+
 if TYPE_CHECKING:
     from posebh.models import PoseBH, PoseBHConfig
 
@@ -74,7 +76,7 @@ Source = str | os.PathLike | Mapping[str, Any]
 # Keypoint counts of the released 6-dataset training (coco, aic, mpii, ap10k, apt36k,
 # coco-wholebody): the class blocks of a 214-class prototype bank.  A split checkpoint keeps
 # that bank next to a single heatmap head, so the blocks cannot be read off its heads.
-_RELEASE_KEYPOINTS: tuple[int, ...] = (17, 14, 16, 17, 17, 133)
+_RELEASE_KEYPOINTS: tuple[int, ...] = tuple(p.skeleton.num_keypoints for p in TRAINING_DATASETS)
 
 # Dataset order of each ``--datasets`` choice of the official tools/model_split.py: the
 # expert and head index of each dataset (expert 0 and keypoint_head are COCO's).
@@ -83,7 +85,6 @@ DATASET_ORDERS: dict[str, tuple[str, ...]] = {
     "human_wholebody": ("coco", "aic", "mpii", "wholebody"),
     "8dset": ("coco", "aic", "mpii", "ap10k", "apt36k", "wholebody", "interhand", "pw3d"),
 }
-_DATASET_ALIASES = {"coco_wholebody": "wholebody", "ap36k": "apt36k", "3dpw": "pw3d"}
 
 #: The ``format`` marker of the trainer's own checkpoints (weights under ``model``).
 TRAIN_CHECKPOINT_FORMAT = "posebh-train-v1"
@@ -703,7 +704,10 @@ def _dataset_index(dataset: str | int, datasets: str) -> int:
         return dataset
     if datasets not in DATASET_ORDERS:
         raise ValueError(f"datasets must be one of {sorted(DATASET_ORDERS)}, got {datasets!r}")
-    name = _DATASET_ALIASES.get(dataset.lower(), dataset.lower())
+    try:  # the model_split.py spelling of any posebh name or alias
+        name = get_protocol(dataset).official_name
+    except UnknownDatasetError:
+        name = dataset.lower()
     order = DATASET_ORDERS[datasets]
     if name not in order:
         raise ValueError(f"unknown dataset {dataset!r} for datasets={datasets!r}: {order}")

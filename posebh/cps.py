@@ -51,7 +51,8 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from posebh.losses import JointsMSELoss, PixelPrototypeLoss, sample_prototype_pixels
-from posebh.prototypes import POSEBH_NUM_KEYPOINTS, Compat, KeypointPrototypes
+from posebh.prototypes import Compat, KeypointPrototypes
+from posebh.skeletons import NUM_KEYPOINTS
 
 __all__ = [
     "ClusterPrototypes",
@@ -271,7 +272,7 @@ class ClusterPrototypes(KeypointPrototypes):
         num_clusters: int,
         num_prototypes: int = 3,
         dim: int = 64,
-        num_keypoints: Sequence[int] = POSEBH_NUM_KEYPOINTS,
+        num_keypoints: Sequence[int] = NUM_KEYPOINTS,
         compat: Compat = "paper",
     ) -> None:
         super().__init__((int(num_clusters),), num_prototypes, dim, compat=compat)
@@ -300,7 +301,7 @@ class ClusterPrototypes(KeypointPrototypes):
     def from_result(
         cls,
         result: ClusterResult,
-        num_keypoints: Sequence[int] = POSEBH_NUM_KEYPOINTS,
+        num_keypoints: Sequence[int] = NUM_KEYPOINTS,
         compat: Compat = "paper",
     ) -> ClusterPrototypes:
         """A bank holding ``result`` (sized to its C)."""

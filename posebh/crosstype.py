@@ -47,6 +47,7 @@ import torch
 from posebh.datasets import DatasetSpec, Instance, default_spec, read_dataset
 from posebh.evaluate import compute_metrics, default_protocol, ground_truth_predictions, predict
 from posebh.evaluation import library_versions, mpii_gt_arrays, pckh
+from posebh.protocol import TRAINING_DATASETS, get_protocol
 from posebh.skeletons import get_skeleton
 from posebh.synth.crossgt import cross_type_gt, load_cross_gt, source_group
 from posebh.synth.labels import COMPATIBLE
@@ -62,7 +63,7 @@ __all__ = [
 ]
 
 #: The multi-dataset training sets (head order of a six-head model).
-DEFAULT_DATASETS: tuple[str, ...] = ("coco", "aic", "mpii", "ap10k", "apt36k", "coco_wholebody")
+DEFAULT_DATASETS: tuple[str, ...] = tuple(p.name for p in TRAINING_DATASETS)
 _KIND_OF = {s: kind for kind, names in COMPATIBLE.items() for s in names}
 
 
@@ -99,7 +100,7 @@ def cross_instances(
     place of e's own; ``extras["index"]`` is the position in the list (the PCKh order) and
     ``extras["figure"]`` the cross-GT figure.  Raises ``KeyError`` for an instance without a
     cross-GT figure (a detection box, or GT of another world)."""
-    stored = "coco" if get_skeleton(target).name == "ochuman" else get_skeleton(target).name
+    stored = get_protocol(target).eval_expert  # OCHuman's keypoints are stored as COCO's
     figures = _figure_index(cross)
     out = []
     for i, inst in enumerate(instances):
@@ -300,9 +301,7 @@ def cross_type_eval(
     def head_of(name: str) -> int | None:
         if name in index:
             return index[name]
-        if name == "ochuman":
-            return 0
-        return get_skeleton(name).dataset_index
+        return get_protocol(name).eval_head
 
     matrix: dict[str, dict[str, float | None]] = {d: dict.fromkeys(image_sets) for d in head_names}
     metric = {d: ("PCKh" if d == "mpii" else "AP(wholebody)" if d == "coco_wholebody" else "AP")

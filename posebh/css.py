@@ -51,9 +51,10 @@ from typing import Literal
 import torch
 from torch import Tensor
 
+from posebh.codecs import UDPHeatmap
+from posebh.decode import get_max_preds
 from posebh.losses import JointsMSELoss, PixelPrototypeLoss, sample_prototype_pixels
 from posebh.prototypes import Compat, KeypointPrototypes
-from posebh.targets import heatmap_peaks, udp_gaussian_heatmaps
 
 __all__ = ["CSSTargets", "css_loss", "css_pseudo_targets", "finite_peaks", "peak_locations"]
 
@@ -118,12 +119,8 @@ def finite_peaks(xy: Tensor, heatmaps: Tensor) -> Tensor:
     bad = ~torch.isfinite(xy).all(dim=-1)
     if not bool(bad.any()):
         return xy
-    flat = heatmaps.detach().flatten(2)
-    best, idx = flat.max(dim=2)
-    w = heatmaps.shape[-1]
-    arg = torch.stack([idx % w, torch.div(idx, w, rounding_mode="floor")], dim=-1).to(xy.dtype)
-    arg = torch.where((best > 0)[..., None], arg, torch.full_like(arg, -1.0))
-    return torch.where(bad[..., None], arg, xy)
+    arg, _ = get_max_preds(heatmaps.detach())
+    return torch.where(bad[..., None], arg.to(xy.dtype), xy)
 
 
 @torch.no_grad()
@@ -145,7 +142,7 @@ def css_pseudo_targets(
         conf_thr: both peak values must exceed it (strictly).
         match_dist: the peaks' distance must not exceed it (heatmap pixels).
         sigma: Gaussian σ of the pseudo targets.
-        refine: sub-pixel decode (see :func:`posebh.targets.heatmap_peaks`); the release uses
+        refine: sub-pixel decode (see :meth:`posebh.codecs.UDPHeatmap.peaks`); the release uses
             ``"dark_udp"`` (11×11).
         compat: "paper" or "official" (deviations 4 and 5, see the module docstring).
 
@@ -159,8 +156,10 @@ def css_pseudo_targets(
             f"{tuple(proto_heatmaps.shape)}"
         )
     h, w = head_heatmaps.shape[-2:]
-    xy_h, conf_h = heatmap_peaks(head_heatmaps, refine)
-    xy_p, conf_p = heatmap_peaks(proto_heatmaps, refine)
+    # The release decodes and renders pseudo labels with the UDP codec (DARK-UDP, 11×11).
+    codec = UDPHeatmap(heatmap_size=(int(w), int(h)), sigma=sigma)
+    xy_h, conf_h = codec.peaks(head_heatmaps, refine)
+    xy_p, conf_p = codec.peaks(proto_heatmaps, refine)
     # A degenerate DARK-UDP step (a border peak, module docstring) would put ±inf / NaN into
     # the pseudo keypoint and, through NaN · 0, into the loss of the whole step.
     xy_h = finite_peaks(xy_h, head_heatmaps)
@@ -184,9 +183,7 @@ def css_pseudo_targets(
     else:
         keypoints = w_h * xy_h + w_p * xy_p
 
-    heatmaps, in_map = udp_gaussian_heatmaps(
-        keypoints, keep.to(torch.float32), heatmap_size=(w, h), sigma=sigma
-    )
+    heatmaps, in_map = codec.render(keypoints, keep.to(torch.float32))
     weight = torch.minimum(conf_h, conf_p) * keep
     if compat == "paper":
         # A pseudo keypoint whose Gaussian window misses the map has nothing to supervise.

@@ -58,17 +58,15 @@ import torch
 from torch import Tensor
 
 __all__ = [
-    "DECODE_DEFAULTS",
     "POST_PROCESS_MODES",
     "cv2_gaussian_blur",
     "dark_refine",
-    "decode_heatmaps",
-    "decode_kwargs",
     "flip_back",
     "flip_test_merge",
     "gaussian_blur",
     "gaussian_kernel_1d",
     "get_max_preds",
+    "keypoints_from_heatmaps",
     "post_dark_udp",
     "quarter_offset_refine",
     "taylor_refine",
@@ -81,55 +79,6 @@ POST_PROCESS_MODES = ("default", "unbiased", "megvii", None)
 _TARGET_TYPES = ("gaussianheatmap", "combinedtarget")
 # mmpose's default radius of the positive area of a CombinedTarget map, as a fraction of H.
 _VALID_RADIUS_FACTOR = 0.0546875
-
-# ---------------------------------------------------------------------------------------------
-# Per-dataset test-time settings (PROTOCOL.md §6: the single-dataset evaluation configs that
-# scripts/eval_vit{b,h}_mdt.sh runs after tools/model_split.py; config paths as given there).
-# ---------------------------------------------------------------------------------------------
-
-
-def _settings(use_udp: bool, source: str) -> dict[str, Any]:
-    # UDP configs evaluate with shift_heatmap=False, the plain ones with True (PROTOCOL.md §6).
-    return {
-        "flip_test": True,
-        "post_process": "default",
-        "use_udp": use_udp,
-        "shift_heatmap": not use_udp,
-        "kernel": 11,
-        "target_type": "GaussianHeatmap",
-        "source": source,
-    }
-
-
-_PLAIN = "PROTOCOL.md §6: flip_test, 'default', shift_heatmap=True, kernel 11, no UDP"
-_UDP = "PROTOCOL.md §6: flip_test, 'default', use_udp=True, shift_heatmap=False, kernel 11"
-
-#: Test-time decode settings per dataset. ``decode_kwargs(name)`` picks the arguments of
-#: :func:`decode_heatmaps`; ``flip_test``/``shift_heatmap`` go to :func:`flip_test_merge`.
-DECODE_DEFAULTS: dict[str, dict[str, Any]] = {
-    "coco": _settings(True, f"body/.../coco/ViTPose_{{base,huge}}_coco_256x192.py ({_UDP})"),
-    "mpii": _settings(True, f"body/.../mpii/ViTPose_*_mpii_256x192.py ({_UDP})"),
-    "aic": _settings(False, f"body/.../aic/ViTPose_*_aic_256x192.py ({_PLAIN})"),
-    "ap10k": _settings(False, f"animal/.../ap10k/... ({_PLAIN})"),
-    "apt36k": _settings(False, f"animal/.../apt36k/... ({_PLAIN})"),
-    "coco_wholebody": _settings(
-        False, f"wholebody/.../coco-wholebody/ViTPose_*_wholebody_256x192.py ({_PLAIN})"
-    ),
-    "ochuman": _settings(False, f"body/.../ochuman/ViTPose_*_ochuman_256x192.py ({_PLAIN})"),
-    "interhand2d": _settings(
-        False, f"hand/.../interhand2d/vitb_posebh_interhand2d_256x192.py ({_PLAIN})"
-    ),
-    "pw3d": _settings(False, f"body/.../pw3d/vitb_posebh_pw3d_2d_256x192.py ({_PLAIN})"),
-}
-
-
-def decode_kwargs(dataset: str) -> dict[str, Any]:
-    """The keyword arguments of :func:`decode_heatmaps` for ``dataset`` (a DECODE_DEFAULTS key)."""
-    if dataset not in DECODE_DEFAULTS:
-        raise ValueError(f"no decode settings for {dataset!r}; known: {sorted(DECODE_DEFAULTS)}")
-    cfg = DECODE_DEFAULTS[dataset]
-    return {k: cfg[k] for k in ("post_process", "use_udp", "kernel", "target_type")}
-
 
 # ---------------------------------------------------------------------------------------------
 # Array plumbing
@@ -588,7 +537,7 @@ def transform_preds(
 # ---------------------------------------------------------------------------------------------
 
 
-def decode_heatmaps(
+def keypoints_from_heatmaps(
     heatmaps: _A,
     center: Any,
     scale: Any,

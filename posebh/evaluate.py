@@ -33,9 +33,8 @@ from tabulate import tabulate
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from posebh import ops
+from posebh.codecs import decoding_codec
 from posebh.datasets import DatasetSpec, Instance, ReadSummary, default_spec, read_dataset
-from posebh.decode import DECODE_DEFAULTS
 from posebh.evaluation import (
     auc,
     cpu_name,
@@ -48,24 +47,7 @@ from posebh.evaluation import (
     wholebody_eval,
 )
 from posebh.pipeline import TopDownDataset, multi_dataset_collate, per_dataset_pipeline
-from posebh.skeletons import get_skeleton
-
-# How each dataset is scored (PROTOCOL.md §1, §4, §5).
-_METRIC = {
-    "coco": "oks",
-    "ochuman": "oks",
-    "aic": "oks",
-    "ap10k": "oks",
-    "apt36k": "oks",
-    "pw3d": "oks",
-    "coco_wholebody": "wholebody",
-    "mpii": "pckh",
-    "interhand2d": "pck_auc_epe",
-}
-# use_area=False (OKS scale 0.53·w·h): AIC and 3DPW (PROTOCOL.md §1–2).
-_NO_AREA = {"aic", "pw3d"}
-# The multi-dataset model's head / expert for datasets evaluated with another one's head.
-_HEAD_OF = {"ochuman": 0}
+from posebh.protocol import DatasetProtocol, get_protocol
 
 
 @dataclass(frozen=True)
@@ -87,22 +69,21 @@ class EvalProtocol:
     source: str = ""
 
 
-def default_protocol(dataset: str, **overrides: Any) -> EvalProtocol:
-    """The official evaluation protocol of ``dataset`` (PROTOCOL.md §6), fields overridable."""
-    name = get_skeleton(dataset).name
-    if name not in _METRIC:
-        raise ValueError(f"no evaluation protocol for {dataset!r}; known: {sorted(_METRIC)}")
-    d = DECODE_DEFAULTS[name]
+def default_protocol(dataset: str | int | DatasetProtocol, **overrides: Any) -> EvalProtocol:
+    """The official evaluation protocol of ``dataset`` (its :mod:`posebh.protocol` record:
+    PROTOCOL.md §6), fields overridable."""
+    record = get_protocol(dataset)
+    d = record.decode
     proto = EvalProtocol(
-        dataset=name,
-        flip_test=bool(d["flip_test"]),
-        shift_heatmap=bool(d["shift_heatmap"]),
-        post_process=d["post_process"],
-        use_udp=bool(d["use_udp"]),
-        kernel=int(d["kernel"]),
-        use_area=name not in _NO_AREA,
-        metric=_METRIC[name],
-        source=str(d.get("source", "PROTOCOL.md §6")),
+        dataset=record.name,
+        flip_test=d.flip_test,
+        shift_heatmap=d.shift_heatmap,
+        post_process=d.post_process,
+        use_udp=d.use_udp,
+        kernel=d.kernel,
+        use_area=record.use_area,
+        metric=record.metric,
+        source=d.source,
     )
     return dataclasses.replace(proto, **overrides) if overrides else proto
 
@@ -137,25 +118,24 @@ def _flat_metrics(metrics: dict[str, Any]) -> dict[str, float]:
 # ------------------------------------------------------------------------------------------
 
 
-def _choose_head(model: torch.nn.Module, dataset: str, head: int | None) -> int:
+def _choose_head(model: torch.nn.Module, record: DatasetProtocol, head: int | None) -> int:
     heads = model.heads
     if head is None:
         if len(heads) == 1:
             head = 0
         else:
-            index = get_skeleton(dataset).dataset_index
-            head = _HEAD_OF.get(dataset, index)
+            head = record.eval_head
             if head is None:
                 raise ValueError(
-                    f"{dataset} is not one of this {len(heads)}-head model's training datasets;"
-                    " pass head=... (and expert=...)"
+                    f"{record.name} is not one of this {len(heads)}-head model's training "
+                    "datasets; pass head=... (and expert=...)"
                 )
     if not 0 <= head < len(heads):
         raise ValueError(f"head {head} out of range for a model with {len(heads)} heads")
-    k = get_skeleton(dataset).num_keypoints
+    k = record.skeleton.num_keypoints
     if heads[head].num_keypoints != k:
         raise ValueError(
-            f"head {head} predicts {heads[head].num_keypoints} keypoints; {dataset} has {k}"
+            f"head {head} predicts {heads[head].num_keypoints} keypoints; {record.name} has {k}"
         )
     return head
 
@@ -185,7 +165,8 @@ def predict(
     crop → encode → decode → image-coordinates → metric chain without a trained model: a
     correct chain scores close to the maximum, a broken decode does not.
     """
-    skeleton = get_skeleton(protocol.dataset)
+    record = get_protocol(protocol.dataset)
+    skeleton = record.skeleton
     size: dict[str, Any] = {}
     if heatmap_oracle:
         if model is not None:
@@ -195,7 +176,7 @@ def predict(
     else:
         if model is None:
             raise ValueError("predict() needs a model unless heatmap_oracle=True")
-        head = _choose_head(model, protocol.dataset, head)
+        head = _choose_head(model, record, head)
         if expert is None:
             expert = head
         has_experts = getattr(model.backbone, "num_experts", 0) > 0
@@ -207,13 +188,14 @@ def predict(
             (h, w), (hh, hw) = cfg.img_size, cfg.heatmap_size
             size = {"image_size": (w, h), "heatmap_size": (hw, hh)}
     pipeline = per_dataset_pipeline(
-        protocol.dataset,
+        record,
         train=False,
         max_num_joints=None,
         use_udp=protocol.use_udp,
         with_target=heatmap_oracle,
         **size,
     )
+    codec = decoding_codec(protocol.use_udp, protocol.post_process, protocol.kernel)
     data = TopDownDataset(instances, skeleton, pipeline, dataset_idx=expert)
     loader = DataLoader(
         data,
@@ -240,16 +222,13 @@ def predict(
         # The fused op merges the flipped maps (flip_back, shift, average) and decodes in one
         # pass; "torch" selects the NumPy reference (posebh.decode) for debugging.  Maps go
         # to the CPU: the GPU kernels are compile-checked only so far.
-        preds, maxvals = ops.decode_heatmaps(
+        preds, maxvals = codec.decode(
             heatmaps.cpu(),
             center,
             scale,
             flipped=flipped,
             flip_indices=skeleton.flip_indices,
             shift=protocol.shift_heatmap,
-            post_process=protocol.post_process,
-            use_udp=protocol.use_udp,
-            kernel=protocol.kernel,
             backend=decode_backend,
         )
         preds, maxvals = preds.numpy(), maxvals.float().numpy()
@@ -352,8 +331,7 @@ def mean_pose_predictions(
 # ------------------------------------------------------------------------------------------
 
 
-def _coco_records(kept: list[dict[str, Any]], dataset: str) -> list[dict[str, Any]]:
-    skeleton = get_skeleton(dataset)
+def _coco_records(kept: list[dict[str, Any]], record: DatasetProtocol) -> list[dict[str, Any]]:
     records = []
     for p in kept:
         k = np.asarray(p["keypoints"], dtype=np.float64)
@@ -362,8 +340,8 @@ def _coco_records(kept: list[dict[str, Any]], dataset: str) -> list[dict[str, An
             "category_id": int(p["category_id"] or 1),
             "score": float(p["score"]),
         }
-        if dataset == "coco_wholebody":
-            parts = skeleton.parts
+        if record.metric == "wholebody":
+            parts = record.skeleton.parts
             fields = {
                 "body": "keypoints",
                 "foot": "foot_kpts",
@@ -393,8 +371,8 @@ def compute_metrics(
     ``score=False`` (a split without public keypoints, COCO test-dev) stops after rescoring
     and NMS: the records are the server submission, the metrics only count them.
     """
-    name = protocol.dataset
-    skeleton = get_skeleton(name)
+    record = get_protocol(protocol.dataset)
+    skeleton = record.skeleton
     if protocol.metric in ("oks", "wholebody"):
         per_image: dict[Any, list[dict[str, Any]]] = defaultdict(list)
         for p in predictions:
@@ -407,7 +385,7 @@ def compute_metrics(
             soft=protocol.soft_nms,
             use_nms=protocol.use_nms,
         )
-        records = _coco_records([p for ps in kept.values() for p in ps], name)
+        records = _coco_records([p for ps in kept.values() for p in ps], record)
         if not score:
             return {"submission": {"results": len(records), "images": len(kept)}}, records
         if protocol.metric == "wholebody":
@@ -525,15 +503,15 @@ def evaluate(
     if mean_pose_from is not None and model is not None:
         raise ValueError("mean_pose_from replaces the model: pass model=None")
     oracle = gt_as_prediction or heatmap_oracle
+    record = get_protocol(dataset.name if isinstance(dataset, DatasetSpec) else dataset)
+    name = record.name
     if isinstance(dataset, DatasetSpec):
         spec = dataset
     else:
-        name = get_skeleton(dataset).name
         spec = default_spec(name, split, data_root, use_gt_bbox=True if oracle else use_gt_bbox)
-    name = get_skeleton(spec.name).name
     if oracle and not spec.use_gt_bbox:
         spec = dataclasses.replace(spec, use_gt_bbox=True, det_file=None)
-    protocol = protocol or default_protocol(name)
+    protocol = protocol or default_protocol(record)
     instances, summary = read_dataset(spec)
     if log:
         log(f"{name} ({spec.split or split}): {summary}")

@@ -38,9 +38,10 @@ from PIL import Image, ImageOps
 from torch import Tensor
 from torch.utils.data import Dataset
 
+from posebh.codecs import ENCODINGS, decoding_codec, generate_target
 from posebh.datasets import Instance
+from posebh.protocol import TRAINING_DATASETS, DatasetProtocol, get_protocol
 from posebh.skeletons import Skeleton, get_skeleton
-from posebh.targets import generate_target
 from posebh.transforms import (
     IMAGENET_MEAN,
     IMAGENET_STD,
@@ -53,6 +54,7 @@ from posebh.transforms import (
 )
 
 __all__ = [
+    "MDT_VAL",
     "ImageLoadError",
     "TopDownDataset",
     "TopDownPipeline",
@@ -112,7 +114,7 @@ class TopDownPipeline:
     warp_method: Literal["fixed", "float"] = "fixed"
 
     def __post_init__(self) -> None:
-        if self.encoding not in ("UDP", "MSRA", "Megvii"):
+        if self.encoding not in ENCODINGS:
             raise ValueError(f"encoding must be 'UDP', 'MSRA' or 'Megvii', got {self.encoding!r}")
         for name in ("flip_prob", "prob_half_body", "rot_prob", "center_jitter_prob"):
             if not 0.0 <= getattr(self, name) <= 1.0:
@@ -130,62 +132,45 @@ class TopDownPipeline:
         return replace(self, train=False, with_target=None)
 
 
-# The official choice per dataset (PROTOCOL.md §6 and mdt/vitb_posebh.py): the affine, the
-# target encoding, whether half-body augmentation runs and whether the loader jitters centres.
-_TRAIN_SETTINGS: dict[str, dict[str, Any]] = {
-    # train_pipeline: UDP affine + UDP target; TopDownCocoDataset._xywh2cs jitters.
-    "coco": dict(use_udp=True, encoding="UDP", half_body=True, center_jitter_prob=0.3),
-    # mpii_train_pipeline has no TopDownHalfBodyTransform; the MPII loader takes the centre and
-    # scale from the JSON (no jitter).
-    "mpii": dict(use_udp=True, encoding="UDP", half_body=False, center_jitter_prob=0.0),
-    "aic": dict(use_udp=False, encoding="MSRA", half_body=True, center_jitter_prob=0.3),
-    "ap10k": dict(use_udp=False, encoding="MSRA", half_body=True, center_jitter_prob=0.3),
-    "apt36k": dict(use_udp=False, encoding="MSRA", half_body=True, center_jitter_prob=0.3),
-    "coco_wholebody": dict(use_udp=False, encoding="MSRA", half_body=True, center_jitter_prob=0.3),
-}
-# Evaluation crops (PROTOCOL.md §6 "val affine"); "mdt_val" is the multi-dataset config's own
-# val/test pipeline (COCO, UDP).
-_EVAL_UDP: dict[str, bool] = {
-    "coco": True,
-    "mpii": True,
-    "mdt_val": True,
-    "aic": False,
-    "ap10k": False,
-    "apt36k": False,
-    "coco_wholebody": False,
-    "ochuman": False,
-    "interhand2d": False,
-    "pw3d": False,
-}
+#: The multi-dataset config's own val/test pipeline ("mdt_val"): COCO's evaluation crop.
+MDT_VAL = "mdt_val"
+_MDT_VAL_DATASET = "coco"
 
 
 def per_dataset_pipeline(
-    name: str, train: bool = True, max_num_joints: int | None = MAX_NUM_JOINTS, **overrides: Any
+    name: str | DatasetProtocol,
+    train: bool = True,
+    max_num_joints: int | None = MAX_NUM_JOINTS,
+    **overrides: Any,
 ) -> TopDownPipeline:
-    """The official pipeline settings for dataset ``name`` (a skeleton name or ``"mdt_val"``).
+    """The official pipeline settings for dataset ``name`` (a name, alias or record of
+    :mod:`posebh.protocol`, or ``"mdt_val"``).
 
-    Training (the six PoseBH training sets): COCO and MPII use the UDP affine and the UDP
-    Gaussian target, AIC / AP-10K / APT-36K / COCO-WholeBody the plain affine and the MSRA
-    target (σ 2); MPII has no half-body step and no centre jitter; targets are padded to
-    ``max_num_joints`` (133, the multi-dataset setting; ``None`` for none). Evaluation: the
-    UDP crop for COCO, MPII and ``"mdt_val"``, the plain crop for every other dataset.
-    ``overrides`` replace any field.
+    Training (the six PoseBH training sets): the record's :class:`~posebh.protocol.TrainSettings`
+    — COCO and MPII use the UDP affine and the UDP Gaussian target, AIC / AP-10K / APT-36K /
+    COCO-WholeBody the plain affine and the MSRA target (σ 2); MPII has no half-body step and
+    no centre jitter; targets are padded to ``max_num_joints`` (133, the multi-dataset
+    setting; ``None`` for none). Evaluation: the crop of the record's evaluation decode — UDP
+    for COCO, MPII and ``"mdt_val"``, plain for every other dataset — and the encoding that
+    decode reads (the heatmap oracle's targets). ``overrides`` replace any field.
     """
     if train:
-        if name not in _TRAIN_SETTINGS:
+        record = None if name == MDT_VAL else get_protocol(name)
+        if record is None or record.train is None:
             raise ValueError(
                 f"no official training pipeline for {name!r}; training datasets: "
-                f"{', '.join(_TRAIN_SETTINGS)}"
+                f"{', '.join(p.name for p in TRAINING_DATASETS)}"
             )
-        cfg = TopDownPipeline(train=True, max_num_joints=max_num_joints, **_TRAIN_SETTINGS[name])
+        cfg = TopDownPipeline(
+            train=True, max_num_joints=max_num_joints, **record.train.pipeline_fields()
+        )
     else:
-        if name not in _EVAL_UDP:
-            raise ValueError(f"unknown dataset {name!r}; known: {', '.join(_EVAL_UDP)}")
-        use_udp = _EVAL_UDP[name]
+        record = get_protocol(_MDT_VAL_DATASET if name == MDT_VAL else name)
+        use_udp = record.decode.use_udp
         cfg = TopDownPipeline(
             train=False,
             use_udp=use_udp,
-            encoding="UDP" if use_udp else "MSRA",
+            encoding=decoding_codec(use_udp).encoding,  # type: ignore[arg-type]
             max_num_joints=max_num_joints,
         )
     return replace(cfg, **overrides) if overrides else cfg

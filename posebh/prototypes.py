@@ -56,15 +56,16 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from posebh import ops
+from posebh.ops.similarity_reference import (
+    SCORE_MAX,
+    SCORE_MIN,
+    prototype_class_scores,
+    prototype_pair_similarity,
+)
+from posebh.skeletons import NUM_KEYPOINTS
+
 Compat = Literal["paper", "official"]
-
-#: Keypoint counts of the six PoseBH training datasets (coco, aic, mpii, ap10k, apt36k,
-#: wholebody), in the order of their dataset indices.
-POSEBH_NUM_KEYPOINTS: tuple[int, ...] = (17, 14, 16, 17, 17, 133)
-
-#: Class scores are clamped into this range, as the official ``kpt_class``.
-SCORE_MIN = 1.0e-4
-SCORE_MAX = 1.0 - 1.0e-4
 
 _COMPATS = ("paper", "official")
 
@@ -72,72 +73,6 @@ _COMPATS = ("paper", "official")
 def _check_compat(compat: str) -> None:
     if compat not in _COMPATS:
         raise ValueError(f"compat must be one of {_COMPATS}, got {compat!r}")
-
-
-# --------------------------------------------------------------------------------------------
-# Similarities and inference heatmaps
-# --------------------------------------------------------------------------------------------
-
-
-def prototype_similarity(embeddings: Tensor, prototypes: Tensor) -> Tensor:
-    """|cosine| similarity of every embedding to every prototype.
-
-    Args:
-        embeddings: [N, F], any norm (normalised here).
-        prototypes: [J, M, F], any norm (normalised here, out of place).
-
-    Returns:
-        [N, J, M] in [0, 1]. Differentiable w.r.t. both inputs.
-    """
-    j, m, f = prototypes.shape
-    # The official code runs this part in float32 with autocast disabled: |cos| near 1 must
-    # stay accurate because PPD squares 1 − s.
-    with torch.autocast(device_type=embeddings.device.type, enabled=False):
-        dtype = prototypes.dtype
-        e = F.normalize(embeddings.to(dtype), p=2, dim=-1)
-        p = F.normalize(prototypes, p=2, dim=-1).reshape(j * m, f)
-        return (e @ p.t()).abs().reshape(-1, j, m)
-
-
-def prototype_class_scores(embeddings: Tensor, prototypes: Tensor) -> Tensor:
-    """Class scores for all ``J`` classes: max over ``M`` of |cos|, clamped.
-
-    Args:
-        embeddings: [N, F].
-        prototypes: [J, M, F].
-
-    Returns:
-        [N, J] in [1e-4, 1 − 1e-4].
-    """
-    sim = prototype_similarity(embeddings, prototypes)
-    return sim.amax(dim=2).clamp(SCORE_MIN, SCORE_MAX)
-
-
-def prototype_similarity_heatmaps(
-    embeddings: Tensor, prototypes: Tensor, class_slice: slice = slice(None)
-) -> Tensor:
-    """Reference (pure PyTorch) prototype heatmaps: the one a fused kernel must reproduce.
-
-    ``out[b, k, y, x] = clamp(max_m |cos(embeddings[b, :, y, x], prototypes[c, m])|, 1e-4,
-    1 − 1e-4)`` with ``c = class_slice.start + k``.
-
-    All ``J`` classes are computed and then sliced, so a dataset's heatmaps equal the slice of
-    the all-class heatmaps bit for bit (the matmul's blocking would otherwise depend on how many
-    classes are computed). The extra classes cost ~J·M·F multiply-adds per pixel, negligible
-    next to the backbone.
-
-    Args:
-        embeddings: [B, F, H, W] prototype-head output (not normalised).
-        prototypes: [J, M, F].
-        class_slice: the classes to return, e.g. ``KeypointPrototypes.class_slice(d)``.
-
-    Returns:
-        [B, K, H, W], contiguous, K = number of classes in ``class_slice``.
-    """
-    b, f, h, w = embeddings.shape
-    flat = embeddings.permute(0, 2, 3, 1).reshape(b * h * w, f)
-    scores = prototype_class_scores(flat, prototypes)[:, class_slice]
-    return scores.reshape(b, h, w, -1).permute(0, 3, 1, 2).contiguous()
 
 
 # --------------------------------------------------------------------------------------------
@@ -342,7 +277,7 @@ class KeypointPrototypes(nn.Module):
 
     def __init__(
         self,
-        num_keypoints: Sequence[int] = POSEBH_NUM_KEYPOINTS,
+        num_keypoints: Sequence[int] = NUM_KEYPOINTS,
         num_prototypes: int = 3,
         dim: int = 64,
         gamma: float = 0.999,
@@ -400,7 +335,7 @@ class KeypointPrototypes(nn.Module):
 
     def similarity(self, embeddings: Tensor) -> Tensor:
         """|cos| of embeddings [N, F] to every prototype: [N, J, M] (differentiable)."""
-        return prototype_similarity(embeddings, self.prototypes)
+        return prototype_pair_similarity(embeddings, self.prototypes)
 
     def class_scores(self, embeddings: Tensor, dataset: int = -1) -> Tensor:
         """Clamped class scores [N, K] of dataset ``dataset`` (K = J for ``-1``)."""
@@ -408,7 +343,8 @@ class KeypointPrototypes(nn.Module):
 
     #: Backend of :meth:`heatmaps` when none is passed: "auto" (the fused kernels of
     #: :func:`posebh.ops.prototype_similarity` where available) or "torch" to force the
-    #: reference :func:`prototype_similarity_heatmaps`; settable per instance.
+    #: reference :func:`posebh.ops.similarity_reference.prototype_similarity_heatmaps`;
+    #: settable per instance.
     heatmap_backend: str = "auto"
 
     def heatmaps(
@@ -420,8 +356,6 @@ class KeypointPrototypes(nn.Module):
         :func:`posebh.ops.prototype_similarity` with ``backend`` (default
         :attr:`heatmap_backend`).
         """
-        from posebh import ops  # deferred: posebh.ops imports this module
-
         return ops.prototype_similarity(
             embeddings,
             self.prototypes,

@@ -5,11 +5,12 @@ Shape vocabulary: N instances, K keypoints, H×W heatmap (64×48 by default); co
 
 What lives here is what training needs: rendering a Gaussian target at a sub-pixel location
 (torch, used on the fly by the CSS pseudo labels) and reading sub-pixel peaks back, plus the
-NumPy ``TopDownGenerateTarget`` of the data pipeline (:func:`generate_target`, with
-:func:`msra_gaussian_heatmaps`, :func:`megvii_heatmaps` and :func:`udp_combined_target`). In
-those, joints are in *input-image* pixels (192×256 by default) and ``visible`` is the
-per-joint visibility; targets are ``[K, H, W]`` float32 and weights ``[K, 1]``. The full NumPy
-decoding reference (image-space transforms, flip averaging) is a separate module.
+NumPy encodings of the data pipeline's ``TopDownGenerateTarget``
+(:func:`msra_gaussian_heatmaps`, :func:`megvii_heatmaps` and :func:`udp_combined_target`;
+:mod:`posebh.codecs` binds them to their decodes and picks one by name). In those, joints are
+in *input-image* pixels (192×256 by default) and ``visible`` is the per-joint visibility;
+targets are ``[K, H, W]`` float32 and weights ``[K, 1]``. The full NumPy decoding reference
+(image-space transforms, flip averaging) is a separate module.
 """
 
 from __future__ import annotations
@@ -30,7 +31,6 @@ from posebh.decode import (
 )
 
 __all__ = [
-    "generate_target",
     "heatmap_peaks",
     "megvii_heatmaps",
     "msra_gaussian_heatmaps",
@@ -304,82 +304,3 @@ def udp_combined_target(
     keep = (off_x**2 + off_y**2 <= 1) & (v > 0.5)[:, None, None]
     target = np.stack([keep, off_x * keep, off_y * keep], axis=1).astype(np.float32)
     return target.reshape(3 * len(xy), h_hm, w_hm), v.astype(np.float32)[:, None]
-
-
-def generate_target(
-    joints: Any,
-    joints_visible: Any,
-    *,
-    encoding: Literal["MSRA", "UDP", "Megvii"] = "MSRA",
-    sigma: float = 2.0,
-    image_size: Sequence[int] = (192, 256),
-    heatmap_size: Sequence[int] = (48, 64),
-    unbiased_encoding: bool = False,
-    target_type: Literal["GaussianHeatmap", "CombinedTarget"] = "GaussianHeatmap",
-    kernel: Sequence[int] = (11, 11),
-    valid_radius_factor: float = 0.0546875,
-    joint_weights: Sequence[float] | None = None,
-    use_different_joint_weights: bool = False,
-    max_num_joints: int | None = None,
-) -> tuple[np.ndarray, np.ndarray]:
-    """The official ``TopDownGenerateTarget.__call__`` for one instance.
-
-    joints [K, 3] (x, y, 0) in input-image pixels, joints_visible [K, 3] (or [K]); sizes
-    (w, h). Returns target [C, H, W] float32 and target_weight [K', 1] float32, where C = K
-    (3K for ``CombinedTarget``) and K' = K.
-
-    * ``encoding="MSRA"``: :func:`msra_gaussian_heatmaps` (``unbiased_encoding`` = DARK);
-    * ``encoding="UDP"``: ``GaussianHeatmap`` via :func:`udp_gaussian_heatmaps` (positions
-      joints / ((image_size − 1)/(heatmap_size − 1))) or :func:`udp_combined_target`;
-    * ``encoding="Megvii"``: :func:`megvii_heatmaps` (no joint weights, as the official code);
-    * ``use_different_joint_weights`` multiplies the weights by ``joint_weights`` [K]
-      (MSRA and UDP only, as the official code);
-    * ``max_num_joints`` (the PoseBH multi-dataset padding): zero channels are appended to
-      the target and zero rows to the weight up to ``max_num_joints`` — ``max_num_joints − K``
-      of each, also for ``CombinedTarget`` (as the official code).
-
-    The official weight is float64 after the joint-weight product; it is float32 here.
-    """
-    xy, v = _joints_and_visibility(joints, joints_visible)
-    if xy.ndim != 2:
-        raise ValueError("generate_target takes one instance: joints [K, 3]")
-    k = len(xy)
-    if encoding == "MSRA":
-        target, weight = msra_gaussian_heatmaps(
-            xy, v, heatmap_size, image_size, sigma, unbiased=unbiased_encoding
-        )
-    elif encoding == "Megvii":
-        target, weight = megvii_heatmaps(xy, v, heatmap_size, image_size, kernel)
-    elif encoding == "UDP":
-        kind = target_type.lower()
-        if kind == "gaussianheatmap":
-            size = np.asarray(heatmap_size, dtype=np.float64)
-            stride = (np.asarray(image_size, dtype=np.float64) - 1.0) / (size - 1.0)
-            kp = torch.from_numpy(xy.astype(np.float64) / stride)[None]
-            hm, w = udp_gaussian_heatmaps(
-                kp, torch.from_numpy(v)[None], (int(heatmap_size[0]), int(heatmap_size[1])), sigma
-            )
-            target, weight = hm[0].numpy(), w[0].numpy()
-        elif kind == "combinedtarget":
-            target, weight = udp_combined_target(
-                xy, v, heatmap_size, image_size, valid_radius_factor
-            )
-        else:
-            raise ValueError(
-                f"target_type must be 'GaussianHeatmap' or 'CombinedTarget', got {target_type!r}"
-            )
-    else:
-        raise ValueError(f"encoding must be 'MSRA', 'UDP' or 'Megvii', got {encoding!r}")
-
-    if use_different_joint_weights and encoding != "Megvii":
-        if joint_weights is None or len(joint_weights) != k:
-            raise ValueError(f"use_different_joint_weights needs {k} joint_weights")
-        jw = np.asarray(joint_weights, dtype=np.float64)[:, None]
-        weight = (weight.astype(np.float64) * jw).astype(np.float32)
-    if max_num_joints is not None:
-        pad = int(max_num_joints) - k
-        if pad < 0:
-            raise ValueError(f"max_num_joints={max_num_joints} is below the {k} joints")
-        target = np.concatenate([target, np.zeros((pad, *target.shape[1:]), np.float32)])
-        weight = np.concatenate([weight, np.zeros((pad, 1), np.float32)])
-    return target.astype(np.float32, copy=False), weight.astype(np.float32, copy=False)

@@ -22,21 +22,20 @@ import torch
 from golden_report import write_error_table
 
 from posebh.decode import (
-    DECODE_DEFAULTS,
     cv2_gaussian_blur,
     dark_refine,
-    decode_heatmaps,
-    decode_kwargs,
     flip_back,
     flip_test_merge,
     gaussian_blur,
     gaussian_kernel_1d,
     get_max_preds,
+    keypoints_from_heatmaps,
     post_dark_udp,
     quarter_offset_refine,
     taylor_refine,
     transform_preds,
 )
+from posebh.protocol import PROTOCOLS, get_protocol
 
 COCO_FLIP = [0, 2, 1, 4, 3, 6, 5, 8, 7, 10, 9, 12, 11, 14, 13, 16, 15]
 PX_TOL = 1e-3  # image (or heatmap) pixels, the contract of the brief and the golden README
@@ -92,7 +91,7 @@ GOLDEN_A_CASES = {
 
 @pytest.mark.parametrize("case", list(GOLDEN_A_CASES))
 def test_golden_decode(golden_a: dict[str, np.ndarray], case: str) -> None:
-    preds, maxvals = decode_heatmaps(
+    preds, maxvals = keypoints_from_heatmaps(
         golden_a["heatmaps"], golden_a["center"], golden_a["scale"], **GOLDEN_A_CASES[case]
     )
     assert preds.dtype == np.float32 and maxvals.dtype == np.float32
@@ -123,7 +122,7 @@ SUITE_CASES = {
 def test_suite_decode(golden_b: dict[str, np.ndarray], case: str) -> None:
     kw = SUITE_CASES[case]
     hm = golden_b["heatmaps"]
-    preds, maxvals = decode_heatmaps(hm, golden_b["center"], golden_b["scale"], **kw)
+    preds, maxvals = keypoints_from_heatmaps(hm, golden_b["center"], golden_b["scale"], **kw)
     _record(f"suite/{case}_preds", preds, golden_b[f"{case}_preds"], PX_TOL)
     # megvii scores are max(blurred)/255 + 0.5, so they depend on the OpenCV emulation.
     _record(
@@ -140,13 +139,13 @@ def test_suite_decode(golden_b: dict[str, np.ndarray], case: str) -> None:
         center, scale = [w / 2, h / 2], [w / 200, h / 200]
     center = np.tile(np.float32(center), (n, 1))
     scale = np.tile(np.float32(scale), (n, 1))
-    preds_hm, _ = decode_heatmaps(hm, center, scale, **kw)
+    preds_hm, _ = keypoints_from_heatmaps(hm, center, scale, **kw)
     _record(f"suite/{case}_preds_hm", preds_hm, golden_b[f"{case}_preds_hm"], PX_TOL)
 
 
 def test_suite_megvii_nan_score(golden_b: dict[str, np.ndarray]) -> None:
     """The all-zero map [0, 4] blurs to NaN, so its megvii score is NaN (official)."""
-    _, maxvals = decode_heatmaps(
+    _, maxvals = keypoints_from_heatmaps(
         golden_b["heatmaps"], golden_b["center"], golden_b["scale"], post_process="megvii"
     )
     assert np.isnan(maxvals[0, 4, 0]) and np.isnan(golden_b["e_megvii_maxvals"][0, 4, 0])
@@ -223,13 +222,16 @@ def test_backbone_heads_flip_decode(flip_golden: dict[str, Any], flip: bool) -> 
         # The stored map is already flipped back; flipping it again gives the raw output of the
         # mirrored image, which flip_test_merge flips back and averages.
         raw_flipped = flip_back(flip_golden["keypoint_head_flipped_back"], COCO_FLIP)
-        cfg = DECODE_DEFAULTS["coco"]
-        hm = flip_test_merge(hm, raw_flipped, COCO_FLIP, cfg["shift_heatmap"])
+        cfg = get_protocol("coco").decode
+        hm = flip_test_merge(hm, raw_flipped, COCO_FLIP, cfg.shift_heatmap)
         assert torch.equal(
             hm, (flip_golden["heatmaps"] + flip_golden["keypoint_head_flipped_back"]) * 0.5
         )
-    preds, maxvals = decode_heatmaps(
-        hm, flip_golden["centers"], flip_golden["scales"], **decode_kwargs("coco")
+    preds, maxvals = keypoints_from_heatmaps(
+        hm,
+        flip_golden["centers"],
+        flip_golden["scales"],
+        **get_protocol("coco").decode.decode_kwargs(),
     )
     assert isinstance(preds, torch.Tensor) and preds.dtype == torch.float32
     want = flip_golden["decode_flip_preds" if flip else "decode_noflip_preds"]
@@ -271,9 +273,9 @@ def _boxes(n: int) -> tuple[np.ndarray, np.ndarray]:
 )
 def test_torch_in_torch_out(golden_b: dict[str, np.ndarray], kw: dict[str, Any]) -> None:
     hm, center, scale = golden_b["heatmaps"], golden_b["center"], golden_b["scale"]
-    p_np, v_np = decode_heatmaps(hm, center, scale, **kw)
+    p_np, v_np = keypoints_from_heatmaps(hm, center, scale, **kw)
     assert isinstance(p_np, np.ndarray) and isinstance(v_np, np.ndarray)
-    p_t, v_t = decode_heatmaps(torch.from_numpy(hm), torch.from_numpy(center), scale, **kw)
+    p_t, v_t = keypoints_from_heatmaps(torch.from_numpy(hm), torch.from_numpy(center), scale, **kw)
     assert isinstance(p_t, torch.Tensor) and isinstance(v_t, torch.Tensor)
     assert p_t.device == torch.device("cpu") and p_t.dtype == torch.float32
     np.testing.assert_array_equal(p_t.numpy(), p_np)
@@ -286,13 +288,13 @@ def test_dtypes() -> None:
     """preds are float32 always (as the official); maxvals keep float64, half becomes float32."""
     hm = _gaussian_maps(np.float32([[[3.3, 4.6], [5.1, 2.8]]]), 9, 8)
     box = np.ones((1, 2), np.float32)
-    ref_p, ref_v = decode_heatmaps(hm, box, box, use_udp=True)
+    ref_p, ref_v = keypoints_from_heatmaps(hm, box, box, use_udp=True)
     assert ref_p.dtype == np.float32 and ref_v.dtype == np.float32
-    p64, v64 = decode_heatmaps(hm.astype(np.float64), box, box, use_udp=True)
+    p64, v64 = keypoints_from_heatmaps(hm.astype(np.float64), box, box, use_udp=True)
     assert p64.dtype == np.float32 and v64.dtype == np.float64
     np.testing.assert_allclose(p64, ref_p, atol=1e-4)
     for dt in (torch.float16, torch.bfloat16):
-        p, v = decode_heatmaps(torch.from_numpy(hm).to(dt), box, box, use_udp=True)
+        p, v = keypoints_from_heatmaps(torch.from_numpy(hm).to(dt), box, box, use_udp=True)
         assert p.dtype == torch.float32 and v.dtype == torch.float32
         np.testing.assert_allclose(p.numpy(), ref_p, atol=0.05)
 
@@ -390,13 +392,13 @@ def test_flat_and_non_positive_maps(kw: dict[str, Any]) -> None:
     center, scale = _identity_box(h, w, 1, kw.get("use_udp", False))
     megvii = kw["post_process"] == "megvii"
     flat = np.full((1, 1, h, w), 0.7, np.float32)
-    preds, maxvals = decode_heatmaps(flat, center, scale, **kw)
+    preds, maxvals = keypoints_from_heatmaps(flat, center, scale, **kw)
     want = np.float32(0.7) / np.float32(255) + np.float32(0.5) if megvii else np.float32(0.7)
     np.testing.assert_allclose(maxvals[0, 0, 0], want, rtol=1e-6)
     if not megvii:  # megvii blurs first, and the zero frame makes the blurred map peak inside
         np.testing.assert_allclose(preds[0, 0], [0, 0], atol=1e-6)
     negative = np.stack([np.full((h, w), -0.3), np.zeros((h, w))]).astype(np.float32)[None]
-    preds, maxvals = decode_heatmaps(negative, center, scale, **kw)
+    preds, maxvals = keypoints_from_heatmaps(negative, center, scale, **kw)
     np.testing.assert_allclose(preds[0], [[-1, -1], [-1, -1]], atol=1e-6)
     if megvii:  # the all-zero map blurs to 0/0 = NaN, hence a NaN score (official)
         assert np.isnan(maxvals[0, 1, 0])
@@ -468,7 +470,7 @@ def test_odd_sizes_recover_centres(hw: tuple[int, int]) -> None:
         ({"post_process": "default", "use_udp": True}, 0.1),
     ]:
         center, scale = _identity_box(h, w, 2, kw.get("use_udp", False))
-        preds, _ = decode_heatmaps(hm, center, scale, **kw)
+        preds, _ = keypoints_from_heatmaps(hm, center, scale, **kw)
         err = np.abs(preds - centres).max()
         assert err < tol, (kw, err)
 
@@ -482,12 +484,12 @@ def test_single_keypoint_and_batch_independence(
     """K = 1 works, and decoding each (n, k) map alone equals the batch decode (positive maps;
     the DARK-UDP sentinel is the one documented exception, see the quirk test below)."""
     hm, center, scale = golden_b["heatmaps"], golden_b["center"], golden_b["scale"]
-    preds, maxvals = decode_heatmaps(hm, center, scale, **kw)
+    preds, maxvals = keypoints_from_heatmaps(hm, center, scale, **kw)
     for n in range(hm.shape[0]):
         for k in range(hm.shape[1]):
             if hm[n, k].max() <= 0:
                 continue
-            p1, v1 = decode_heatmaps(
+            p1, v1 = keypoints_from_heatmaps(
                 hm[n : n + 1, k : k + 1], center[n : n + 1], scale[n : n + 1], **kw
             )
             assert p1.shape == (1, 1, 2) and v1.shape == (1, 1, 1)
@@ -501,9 +503,9 @@ def test_single_keypoint_and_batch_independence(
 def test_empty_batch(kw: dict[str, Any]) -> None:
     hm = np.zeros((0, 17, 64, 48), np.float32)
     box = np.zeros((0, 2), np.float32)
-    preds, maxvals = decode_heatmaps(hm, box, box, **kw)
+    preds, maxvals = keypoints_from_heatmaps(hm, box, box, **kw)
     assert preds.shape == (0, 17, 2) and maxvals.shape == (0, 17, 1)
-    p_t, v_t = decode_heatmaps(torch.from_numpy(hm), box, box, **kw)
+    p_t, v_t = keypoints_from_heatmaps(torch.from_numpy(hm), box, box, **kw)
     assert isinstance(p_t, torch.Tensor) and tuple(p_t.shape) == (0, 17, 2)
     assert tuple(v_t.shape) == (0, 17, 1)
 
@@ -516,14 +518,14 @@ def test_nan_input_propagates(golden_b: dict[str, np.ndarray], kw: dict[str, Any
     scores NaN and gets the -1 sentinel; other maps are unaffected."""
     hm = golden_b["heatmaps"].copy()
     center, scale = golden_b["center"], golden_b["scale"]
-    clean_preds, clean_vals = decode_heatmaps(hm, center, scale, **kw)
+    clean_preds, clean_vals = keypoints_from_heatmaps(hm, center, scale, **kw)
     hm[1, 8, 30, 20] = np.nan
-    preds, maxvals = decode_heatmaps(hm, center, scale, **kw)
+    preds, maxvals = keypoints_from_heatmaps(hm, center, scale, **kw)
     assert np.isnan(maxvals[1, 8, 0])
     np.testing.assert_array_equal(get_max_preds(hm)[0][1, 8], [-1, -1])
     if not kw.get("use_udp"):
         # The plain sentinel (-1, -1), transformed: what an all-negative map gives.
-        sentinel, _ = decode_heatmaps(
+        sentinel, _ = keypoints_from_heatmaps(
             np.full((1, 1, 64, 48), -1, np.float32), center[1:2], scale[1:2], **kw
         )
         np.testing.assert_array_equal(preds[1, 8], sentinel[0, 0])
@@ -534,7 +536,7 @@ def test_nan_input_propagates(golden_b: dict[str, np.ndarray], kw: dict[str, Any
     if kw.get("use_udp"):
         # DARK-UDP refines the sentinel from its own corner: NaN there makes the position NaN.
         hm[1, 8] = np.nan
-        preds, _ = decode_heatmaps(hm, center, scale, **kw)
+        preds, _ = keypoints_from_heatmaps(hm, center, scale, **kw)
         assert np.isnan(preds[1, 8]).all()
 
 
@@ -654,24 +656,24 @@ def test_invalid_settings_raise(kw: dict[str, Any]) -> None:
     hm = np.ones((1, 3, 8, 8), np.float32)
     box = np.ones((1, 2), np.float32)
     with pytest.raises(ValueError):
-        decode_heatmaps(hm, box, box, **kw)
+        keypoints_from_heatmaps(hm, box, box, **kw)
 
 
 def test_kernel_unused_without_blur() -> None:
     """Plain 'default'/None decoding never reads the kernel (as the official)."""
     hm = _gaussian_maps(np.float32([[[3.2, 4.1]]]), 9, 8)
     box = np.ones((1, 2), np.float32)
-    a, _ = decode_heatmaps(hm, box, box, post_process="default", kernel=0)
-    b, _ = decode_heatmaps(hm, box, box, post_process="default")
+    a, _ = keypoints_from_heatmaps(hm, box, box, post_process="default", kernel=0)
+    b, _ = keypoints_from_heatmaps(hm, box, box, post_process="default")
     np.testing.assert_array_equal(a, b)
 
 
 def test_bad_shapes_raise() -> None:
     box = np.ones((2, 2), np.float32)
     with pytest.raises(ValueError, match=r"\[N, K, H, W\]"):
-        decode_heatmaps(np.ones((2, 3, 8), np.float32), box, box)
+        keypoints_from_heatmaps(np.ones((2, 3, 8), np.float32), box, box)
     with pytest.raises(ValueError, match="center"):
-        decode_heatmaps(np.ones((3, 3, 8, 8), np.float32), box, box)
+        keypoints_from_heatmaps(np.ones((3, 3, 8, 8), np.float32), box, box)
     with pytest.raises(ValueError, match="non-empty"):
         get_max_preds(np.ones((2, 3, 0, 8), np.float32))
 
@@ -689,7 +691,7 @@ def test_combined_target_decode() -> None:
     radius = 0.0546875 * h
     center = np.float32([[(w - 1) / 2, (h - 1) / 2]] * n)
     scale = np.float32([[(w - 1) / 200, (h - 1) / 200]] * n)
-    preds, maxvals = decode_heatmaps(
+    preds, maxvals = keypoints_from_heatmaps(
         hm, center, scale, use_udp=True, target_type="CombinedTarget", kernel=3
     )
     assert preds.shape == (n, 2, 2) and maxvals.shape == (n, 2, 1)
@@ -707,7 +709,7 @@ def test_combined_target_decode() -> None:
 # Per-dataset settings
 # ---------------------------------------------------------------------------------------------
 
-# PROTOCOL.md §6 table row (first cell prefix) -> DECODE_DEFAULTS keys.
+# PROTOCOL.md §6 table row (first cell prefix) -> dataset records (posebh.protocol).
 PROTOCOL_ROWS = {
     "| COCO (": ["coco"],
     "| MPII": ["mpii"],
@@ -723,8 +725,8 @@ PROTOCOL_ROWS = {
 def test_decode_defaults_match_protocol(shared_dir: Path) -> None:
     from posebh.skeletons import SKELETONS
 
-    assert set(DECODE_DEFAULTS) == {k for keys in PROTOCOL_ROWS.values() for k in keys}
-    assert set(DECODE_DEFAULTS) <= set(SKELETONS)
+    assert set(PROTOCOLS) == {k for keys in PROTOCOL_ROWS.values() for k in keys}
+    assert set(PROTOCOLS) <= set(SKELETONS)
     text = (shared_dir / "PROTOCOL.md").read_text()
     section = text[text.index("## 6.") : text.index("## 7.")]
     rows = [line for line in section.splitlines() if line.startswith("| ")]
@@ -734,17 +736,17 @@ def test_decode_defaults_match_protocol(shared_dir: Path) -> None:
         test_cfg = row.split("|")[2]
         udp = "no UDP" not in test_cfg and re.search(r"UDP|use_udp=True", test_cfg) is not None
         for key in keys:
-            cfg = DECODE_DEFAULTS[key]
-            assert cfg["use_udp"] is udp, key
-            assert cfg["shift_heatmap"] is (not udp), key  # UDP rows: False; the others: True
-            assert cfg["flip_test"] is True and cfg["post_process"] == "default", key
-            assert cfg["kernel"] == 11 and cfg["target_type"] == "GaussianHeatmap", key
-            assert "PROTOCOL.md §6" in cfg["source"], key
+            cfg = PROTOCOLS[key].decode
+            assert cfg.use_udp is udp, key
+            assert cfg.shift_heatmap is (not udp), key  # UDP rows: False; the others: True
+            assert cfg.flip_test is True and cfg.post_process == "default", key
+            assert cfg.kernel == 11 and cfg.target_type == "GaussianHeatmap", key
+            assert "PROTOCOL.md §6" in cfg.source, key
             seen.add(key)
-    assert seen == set(DECODE_DEFAULTS)
+    assert seen == set(PROTOCOLS)
     with pytest.raises(ValueError, match="crowdpose"):
-        decode_kwargs("crowdpose")
-    assert decode_kwargs("coco") == {
+        get_protocol("crowdpose")
+    assert get_protocol("coco").decode.decode_kwargs() == {
         "post_process": "default",
         "use_udp": True,
         "kernel": 11,

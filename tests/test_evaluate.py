@@ -13,7 +13,7 @@ import torch
 from posebh.checkpoint import to_official
 from posebh.cli import main
 from posebh.datasets import DatasetSpec
-from posebh.decode import decode_heatmaps, flip_back
+from posebh.decode import flip_back, keypoints_from_heatmaps
 from posebh.evaluate import default_protocol, evaluate, predict
 from posebh.models import build_model
 from posebh.pipeline import TopDownDataset, per_dataset_pipeline
@@ -137,7 +137,7 @@ def test_predict_matches_a_hand_assembled_flip_test(fixtures_dir: Path, tiny_mod
         hf = tiny_model(img.flip(3), torch.tensor([3])).heatmaps[3]
     merged = 0.5 * (hm + flip_back(hf, data.skeleton.flip_indices, shift=True))
     meta = sample["meta"]
-    preds, maxvals = decode_heatmaps(
+    preds, maxvals = keypoints_from_heatmaps(
         merged.numpy(), meta["center"][None], meta["scale"][None], post_process="default"
     )
     np.testing.assert_allclose(out[1]["keypoints"][:, :2], preds[0], atol=1e-3)

@@ -22,11 +22,11 @@ import torch
 
 from posebh import ops
 from posebh.ops import extensions
-from posebh.prototypes import (
-    KeypointPrototypes,
-    prototype_similarity,
+from posebh.ops.similarity_reference import (
+    prototype_pair_similarity,
     prototype_similarity_heatmaps,
 )
+from posebh.prototypes import KeypointPrototypes
 
 REPO = Path(__file__).resolve().parents[1]
 CHILD = os.environ.get("POSEBH_TRITON_CHILD") == "1"
@@ -53,7 +53,7 @@ def _inputs(b, f, h, w, j, m, *, seed=0, dtype=torch.float32):
 
 
 def _ref_logits(emb, protos, cls):
-    sim = prototype_similarity(emb, protos)[:, cls]
+    sim = prototype_pair_similarity(emb, protos)[:, cls]
     return sim.reshape(sim.shape[0], -1), sim.argmax(dim=2)
 
 
@@ -141,7 +141,7 @@ def test_logits_match_reference(cpp, backend) -> None:
         assert out.logits.shape == ref_logits.shape and out.best.dtype == torch.long
         assert torch.equal(out.logits, ref_logits)
         assert torch.equal(out.best, ref_best)
-        scores = prototype_similarity(emb, protos)[:, cls].amax(2).clamp(1e-4, 1 - 1e-4)
+        scores = prototype_pair_similarity(emb, protos)[:, cls].amax(2).clamp(1e-4, 1 - 1e-4)
         assert torch.equal(out.class_scores(), scores)
 
 
@@ -412,7 +412,7 @@ def test_import_survives_a_broken_build(tmp_path: Path) -> None:
         import dataclasses, pathlib, torch
         import posebh.ops as ops  # imports without building anything
         from posebh.ops import extensions
-        from posebh.prototypes import prototype_similarity_heatmaps
+        from posebh.ops.similarity_reference import prototype_similarity_heatmaps
         assert extensions.state({EXT!r}).status == "not built"
         old = extensions._SPECS[{EXT!r}]
         extensions.register_extension(dataclasses.replace(old, csrc=pathlib.Path({str(broken)!r})))

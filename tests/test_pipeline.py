@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import torch
 
+from posebh.codecs import generate_target
 from posebh.datasets import Instance, read_coco
 from posebh.pipeline import (
     ImageLoadError,
@@ -23,7 +24,6 @@ from posebh.pipeline import (
     per_dataset_pipeline,
 )
 from posebh.skeletons import get_skeleton
-from posebh.targets import generate_target
 from posebh.transforms import normalize_image, top_down_affine
 
 # A pipeline with every random step switched off except what a test turns on.

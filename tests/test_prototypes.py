@@ -20,10 +20,10 @@ import torch.multiprocessing as mp
 import torch.nn.functional as F
 
 from posebh.losses import PixelPrototypeLoss, prototype_losses
+from posebh.ops.similarity_reference import prototype_similarity_heatmaps
 from posebh.prototypes import (
     KeypointPrototypes,
     _sinkhorn_knopp_log,
-    prototype_similarity_heatmaps,
     sinkhorn_assign,
     sinkhorn_knopp,
     update_class_prototypes,

@@ -28,8 +28,8 @@ import torch
 from golden_report import write_error_table
 
 from posebh import decode
+from posebh.codecs import generate_target
 from posebh.targets import (
-    generate_target,
     megvii_heatmaps,
     msra_gaussian_heatmaps,
     udp_combined_target,

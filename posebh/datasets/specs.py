@@ -21,6 +21,8 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from posebh.protocol import PROTOCOLS, UnknownDatasetError, get_protocol
+
 from .base import DatasetError, Instance, ReadSummary
 from .coco import read_coco_detections, read_coco_keypoints
 from .interhand import read_interhand2d
@@ -216,14 +218,8 @@ for _name in ("coco", "aic", "mpii", "coco_wholebody", "pw3d"):
 
 #: Dataset names accepted by :func:`default_spec` / :func:`read_dataset` (skeleton names).
 DATASET_NAMES = tuple(_LAYOUT)
-
-_ALIASES = {
-    "ap36k": "apt36k",
-    "wholebody": "coco_wholebody",
-    "interhand": "interhand2d",
-    "interhand2.6m": "interhand2d",
-    "3dpw": "pw3d",
-}
+# Keyed by the records' names (posebh.protocol), which also resolve the aliases.
+assert set(_LAYOUT) == set(PROTOCOLS), sorted(set(_LAYOUT) ^ set(PROTOCOLS))
 
 # Datasets whose official loader asserts use_gt_bbox (no detection path).
 _GT_ONLY = ("aic", "mpii", "ap10k", "apt36k", "ochuman", "interhand2d", "pw3d")
@@ -254,7 +250,10 @@ class DatasetSpec:
 
 
 def _canonical(name: str) -> str:
-    name = _ALIASES.get(name.lower(), name.lower())
+    try:  # names and aliases resolve through the dataset records
+        name = get_protocol(name).name
+    except UnknownDatasetError:
+        name = name.lower()
     if name not in _LAYOUT:
         raise DatasetError(f"unknown dataset {name!r}. Fix: use one of {', '.join(DATASET_NAMES)}.")
     return name

@@ -22,6 +22,8 @@ from typing import Any
 
 import numpy as np
 
+from posebh.decode import get_max_preds
+
 __all__ = [
     "auc",
     "calc_distances",
@@ -116,20 +118,13 @@ def nme(pred: Any, gt: Any, mask: Any, norm_factor: Any) -> float:
 def heatmap_argmax(heatmaps: Any) -> tuple[np.ndarray, np.ndarray]:
     """Arg-max locations ``[N, K, 2]`` float32 ``(x, y)`` and maxima ``[N, K, 1]``.
 
-    ``x = idx mod W``, ``y = idx div W``; a location whose maximum is ``<= 0`` is ``(-1, -1)``.
+    ``x = idx mod W``, ``y = idx div W``; a location whose maximum is ``<= 0`` is ``(-1, -1)``
+    (:func:`posebh.decode.get_max_preds`, the one arg-max reference, on an array).
     """
     heatmaps = np.asarray(heatmaps)
     if heatmaps.ndim != 4:
         raise ValueError(f"heatmaps must be [N, K, H, W], got shape {heatmaps.shape}")
-    n, k, _, w = heatmaps.shape
-    flat = heatmaps.reshape((n, k, -1))
-    idx = np.argmax(flat, 2).reshape((n, k, 1))
-    maxvals = np.amax(flat, 2).reshape((n, k, 1))
-    preds = np.tile(idx, (1, 1, 2)).astype(np.float32)
-    preds[:, :, 0] = preds[:, :, 0] % w
-    preds[:, :, 1] = preds[:, :, 1] // w
-    preds = np.where(np.tile(maxvals, (1, 1, 2)) > 0.0, preds, np.float32(-1))
-    return preds, maxvals
+    return get_max_preds(heatmaps)
 
 
 def heatmap_pck(

@@ -14,21 +14,15 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor, nn
 
+from posebh.cps import ClusterPrototypes
 from posebh.models.heads import HeatmapHead, PrototypeHead
 from posebh.models.vit_moe import ViTMoE
 from posebh.prototypes import KeypointPrototypes
-
-if TYPE_CHECKING:
-    from posebh.cps import ClusterPrototypes
-
-# Training order and keypoint counts of the official release: coco, aic, mpii, ap10k,
-# apt36k, coco_wholebody (see posebh.skeletons).
-MULTI_DATASET_KEYPOINTS: tuple[int, ...] = (17, 14, 16, 17, 17, 133)
+from posebh.skeletons import NUM_KEYPOINTS
 
 
 @dataclass(frozen=True)
@@ -47,7 +41,8 @@ class PoseBHConfig:
     num_experts: int = 6
     part_features: int = 192
     # One heatmap head per entry.
-    num_keypoints: tuple[int, ...] = MULTI_DATASET_KEYPOINTS
+    # The keypoint counts of the official six-dataset training order (posebh.skeletons).
+    num_keypoints: tuple[int, ...] = NUM_KEYPOINTS
     head_filters: int = 256
     head_kernel: int = 4
     num_deconv: int = 2
@@ -153,8 +148,6 @@ class PoseBH(nn.Module):
                 cfg.proto_keypoints, cfg.num_prototypes, cfg.proto_dim, compat=cfg.compat
             )
             if cfg.num_clusters:
-                from posebh.cps import ClusterPrototypes
-
                 self.cluster_prototypes = ClusterPrototypes(
                     cfg.num_clusters,
                     cfg.num_prototypes,

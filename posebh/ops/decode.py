@@ -6,11 +6,12 @@ Shapes: ``heatmaps`` ``[N, K, H, W]`` (``N`` instances, ``K`` keypoints), ``cent
 Result: ``(preds [N, K, 2] float32 in image pixels, maxvals [N, K, 1])``.
 
 :func:`decode_heatmaps` equals, on every backend,
-``posebh.decode.decode_heatmaps(posebh.decode.flip_test_merge(heatmaps, flipped, flip_indices,
-shift) if flipped is not None else heatmaps, center, scale, post_process=..., use_udp=...,
-kernel=...)`` — the NumPy reference of the official mmpose decode. The fused backends never
-materialise the merged stack and decode each map with one streaming pass; on the golden
-vectors and random/adversarial inputs they give the reference's bits (tests/test_ops_decode.py).
+``posebh.decode.keypoints_from_heatmaps(posebh.decode.flip_test_merge(heatmaps, flipped,
+flip_indices, shift) if flipped is not None else heatmaps, center, scale, post_process=...,
+use_udp=..., kernel=...)`` — the NumPy reference of the official mmpose decode. The fused
+backends never materialise the merged stack and decode each map with one streaming pass; on the
+golden vectors and random/adversarial inputs they give the reference's bits
+(tests/test_ops_decode.py).
 
 Backends:
 
@@ -44,8 +45,12 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from posebh.decode import POST_PROCESS_MODES, flip_test_merge
-from posebh.decode import decode_heatmaps as _reference_decode
+from posebh.decode import (
+    POST_PROCESS_MODES,
+    flip_test_merge,
+    gaussian_kernel_1d,
+    keypoints_from_heatmaps,
+)
 from posebh.ops import extensions
 from posebh.ops.registry import CallInfo, Op, register_op
 
@@ -54,9 +59,12 @@ __all__ = ["DECODE", "decode_heatmaps", "explain"]
 _EXTENSION = "decode"
 #: Input dtypes the fused backends decode (converted to float32 like the reference does).
 _FUSED_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
-_CPP_MAX_KERNEL = 63
-_CUDA_MAX_KERNEL = 31
-_GPU_MODES = {None, "default"}  # plus anything with use_udp=True (DARK-UDP)
+# The kernels' own limits (kernels/limits.py; constants flow up from kernels/).
+_LIMITS = extensions.kernels_module("limits")
+_CPP_MAX_KERNEL: int = _LIMITS.DECODE_CPP_MAX_KERNEL
+_CUDA_MAX_KERNEL: int = _LIMITS.DECODE_CUDA_MAX_KERNEL
+_TRITON_MAX_KERNEL: int = _LIMITS.DECODE_TRITON_MAX_KERNEL
+_GPU_MODES: tuple[str | None, ...] = _LIMITS.DECODE_GPU_POST_PROCESS  # + all of DARK-UDP
 
 
 # ------------------------------------------------------------------------------------------
@@ -184,7 +192,7 @@ def _triton_check(info: CallInfo) -> str | None:
         return "tensors are on cpu and TRITON_INTERPRET is not set (Triton compiles for GPUs)"
     if info.device.type == "cuda" and not torch.cuda.is_available():
         return "torch.cuda.is_available() is False"
-    why = _dtype_reason(info) or _gpu_mode_reason(info, 63)
+    why = _dtype_reason(info) or _gpu_mode_reason(info, _TRITON_MAX_KERNEL)
     if why:
         return why
     module, why = _triton_module()
@@ -230,7 +238,9 @@ def _fused_inputs(
     return heatmaps.float(), None
 
 
-@DECODE.backend("torch", "the reference posebh.decode.decode_heatmaps (NumPy, official order)")
+@DECODE.backend(
+    "torch", "the reference posebh.decode.keypoints_from_heatmaps (NumPy, official order)"
+)
 def _decode_torch(
     heatmaps: Tensor,
     center: Tensor,
@@ -244,7 +254,7 @@ def _decode_torch(
 ) -> tuple[Tensor, Tensor]:
     if flipped is not None:
         heatmaps = flip_test_merge(heatmaps, flipped, list(flip_indices or ()), shift)
-    return _reference_decode(
+    return keypoints_from_heatmaps(
         heatmaps, center, scale, post_process=post_process, use_udp=use_udp, kernel=kernel
     )
 
@@ -311,6 +321,7 @@ def _decode_triton(
         post_process=post_process,
         use_udp=use_udp,
         kernel=kernel,
+        taps=gaussian_kernel_1d(int(kernel)) if use_udp else None,
     )
 
 
@@ -399,7 +410,7 @@ def decode_heatmaps(
         flip_indices: ``[K]`` mirror pairs (a permutation), required with ``flipped``.
         shift: ``shift_heatmap``: the flipped-back map moves one column right first.
         post_process: None, ``'default'``, ``'unbiased'`` or ``'megvii'`` (see
-            :func:`posebh.decode.decode_heatmaps`; ignored with ``use_udp`` except that
+            :func:`posebh.decode.keypoints_from_heatmaps`; ignored with ``use_udp`` except that
             ``'megvii'`` is rejected).
         use_udp: DARK-UDP refinement and the UDP transform.
         kernel: odd Gaussian size of the blurring modes (11 for σ = 2 targets).

@@ -58,6 +58,7 @@ __all__ = [
     "build_directory",
     "build_extensions",
     "cuda_build_support",
+    "kernels_module",
     "kernels_package",
     "load_extension",
     "register_extension",
@@ -91,6 +92,12 @@ def kernels_package() -> ModuleType:
     sys.modules["posebh_kernels"] = module
     spec.loader.exec_module(module)
     return module
+
+
+def kernels_module(name: str) -> ModuleType:
+    """``posebh_kernels.<name>`` (e.g. ``"limits"``), found as :func:`kernels_package` does."""
+    kernels_package()
+    return importlib.import_module(f"posebh_kernels.{name}")
 
 
 @dataclass

@@ -13,6 +13,7 @@ CPU C++ extension), ``"torch"`` (the PyTorch reference, always available).
 
 Adding an op, e.g. ``decode_heatmaps`` in ``posebh/ops/decode.py``::
 
+    from posebh.decode import keypoints_from_heatmaps
     from posebh.ops.registry import CallInfo, Op, register_op
     from posebh.ops import extensions
 
@@ -24,10 +25,9 @@ Adding an op, e.g. ``decode_heatmaps`` in ``posebh/ops/decode.py``::
         )
     )
 
-    @DECODE.backend("torch", "the reference, posebh.decode.decode_heatmaps")
+    @DECODE.backend("torch", "the reference, posebh.decode.keypoints_from_heatmaps")
     def _decode_torch(heatmaps, *, kernel=11):
-        from posebh.decode import decode_heatmaps
-        return decode_heatmaps(heatmaps, kernel=kernel)
+        return keypoints_from_heatmaps(heatmaps, kernel=kernel)
 
     def _cpp_check(info: CallInfo) -> str | None:
         if info.device.type != "cpu":

@@ -6,11 +6,11 @@ F]``; ``classes`` is a slice of ``0 .. J − 1`` with step 1 (a dataset's contig
 
 - :func:`prototype_similarity` → ``[B, K, H, W]``: ``clamp(max_m |cos(e[b, :, y, x],
   p[c, m])|, 1e-4, 1 − 1e-4)`` for ``c = classes.start + k``; the reference is
-  :func:`posebh.prototypes.prototype_similarity_heatmaps`.
+  :func:`posebh.ops.similarity_reference.prototype_similarity_heatmaps`.
 - :func:`prototype_logits` → :class:`PrototypeLogits` ``(logits [N, K·M], best [N, K])``:
   the ``|cos|`` PPC/PPD logits of the class block (column ``k·M + m``) and the index of the
   most similar prototype of each class (first maximum); the reference is
-  ``posebh.prototypes.prototype_similarity(e, p)[:, classes]``.
+  ``posebh.ops.similarity_reference.prototype_pair_similarity(e, p)[:, classes]``.
 
 Both are differentiable w.r.t. the embeddings on every backend. The fused backends give no
 gradient w.r.t. the prototypes (in posebh they are a buffer moved by the Sinkhorn update);
@@ -42,12 +42,12 @@ from torch import Tensor
 
 from posebh.ops import extensions
 from posebh.ops.registry import CallInfo, Op, register_op
-from posebh.prototypes import (
+from posebh.ops.similarity_reference import (
     SCORE_MAX,
     SCORE_MIN,
+    prototype_pair_similarity,
     prototype_similarity_heatmaps,
 )
-from posebh.prototypes import prototype_similarity as _reference_similarity
 
 __all__ = ["HEATMAPS", "LOGITS", "PrototypeLogits", "prototype_logits", "prototype_similarity"]
 
@@ -284,7 +284,7 @@ LOGITS = register_op(
     )
 )
 
-_TORCH_SUMMARY = "the PyTorch reference (posebh.prototypes), materialises [N, J*M]"
+_TORCH_SUMMARY = "the PyTorch reference (ops.similarity_reference), materialises [N, J*M]"
 _TRITON_SUMMARY = "Triton kernels (posebh_kernels.prototype_similarity)"
 _CUDA_SUMMARY = "CUDA kernels of the C++ extension (C ABI .cu + torch binding)"
 
@@ -313,7 +313,7 @@ def _heatmaps_triton(embeddings: Tensor, prototypes: Tensor, start: int, stop: i
 
 @LOGITS.backend("torch", _TORCH_SUMMARY)
 def _logits_torch(embeddings: Tensor, prototypes: Tensor, start: int, stop: int) -> PrototypeLogits:
-    sim = _reference_similarity(embeddings, prototypes)[:, start:stop]  # [N, K, M]
+    sim = prototype_pair_similarity(embeddings, prototypes)[:, start:stop]  # [N, K, M]
     n, k, m = sim.shape
     best = sim.detach().argmax(dim=2) if sim.numel() else sim.new_empty((n, k), dtype=torch.long)
     return PrototypeLogits(sim.reshape(n, k * m), best)

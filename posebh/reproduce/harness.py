@@ -27,6 +27,7 @@ from typing import Any
 
 import torch
 
+from posebh.protocol import get_protocol
 from posebh.reproduce.tables import DISPLAY_NAMES, Table, TableRow, read_metric
 
 __all__ = [
@@ -153,11 +154,6 @@ def row_spec(row: TableRow, context: RunContext):
     return default_spec(row.dataset, row.split, context.data_root, use_gt_bbox=row.use_gt_bbox)
 
 
-def _expert_of(dataset: str) -> str:
-    # OCHuman is evaluated with the COCO expert and head (ViTPose_*_ochuman configs).
-    return "coco" if dataset == "ochuman" else dataset
-
-
 def _is_multi_dataset(state: Mapping[str, Any]) -> bool:
     sd = state.get("state_dict", state)
     return any(".mlp.experts." in k for k in sd)
@@ -239,7 +235,7 @@ def evaluate_table(
             eval_dir = out / "eval" / column.id / f"{row.dataset}_{row.split}"
             try:
                 if checkpoints[column.id]["multi_dataset"]:
-                    model = load_official(state, dataset=_expert_of(row.dataset))
+                    model = load_official(state, dataset=get_protocol(row.dataset).eval_expert)
                 else:
                     model = load_official(state)
                 spec = row_spec(row, context)
@@ -659,7 +655,7 @@ def _model_plots(run: TableRun, out: Path) -> dict[str, Path]:
         if row is None:
             continue
         if info["multi_dataset"]:
-            model = load_official(state, dataset=_expert_of(row.dataset))
+            model = load_official(state, dataset=get_protocol(row.dataset).eval_expert)
         try:
             path = visualize_predictions(
                 row_spec(dataclasses.replace(row, use_gt_bbox=True), run.context),

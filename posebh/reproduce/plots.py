@@ -273,12 +273,13 @@ def prototype_similarity_matrix(
     ``S[i, j] = reduce over (m, n) of |cos(P[i, m], P[j, n])|``.
 
     Why ``max`` (the default): the model scores a pixel for class ``j`` by the *maximum* over
-    ``j``'s M prototypes (:func:`posebh.prototypes.prototype_class_scores`), so an embedding
-    sitting on any prototype of class ``i`` scores class ``j`` at up to ``S[i, j]``: the max
-    says whether the two classes can be confused, which is what a cross-dataset similarity
-    matrix is read for (e.g. COCO ``left_shoulder`` vs AIC ``left_shoulder``). It also makes
-    the diagonal exactly 1, so the matrix reads like a correlation matrix. ``mean`` averages
-    the M×M pairs instead (the diagonal is then the within-class spread, below 1).
+    ``j``'s M prototypes (:func:`posebh.ops.similarity_reference.prototype_class_scores`), so
+    an embedding sitting on any prototype of class ``i`` scores class ``j`` at up to
+    ``S[i, j]``: the max says whether the two classes can be confused, which is what a
+    cross-dataset similarity matrix is read for (e.g. COCO ``left_shoulder`` vs AIC
+    ``left_shoulder``). It also makes the diagonal exactly 1, so the matrix reads like a
+    correlation matrix. ``mean`` averages the M×M pairs instead (the diagonal is then the
+    within-class spread, below 1).
 
     Why ``absolute`` (default True): the model matches with |cos| (an embedding and its
     negation are the same match), so signed values would show −0.9 for a pair the model

@@ -44,6 +44,7 @@ from pathlib import Path
 from typing import Any
 
 from posebh.datasets import default_spec
+from posebh.protocol import get_protocol
 from posebh.skeletons import get_skeleton
 
 __all__ = [
@@ -62,8 +63,6 @@ _TARGETS = {
     "quadruped": ("ap10k", "apt36k"),
     "hand": ("interhand2d",),
 }
-# Skeletons evaluated from another's stored keypoints (same definition).
-_ALIASES = {"ochuman": "coco"}
 _WB_FIELDS = {
     "body": "keypoints",
     "foot": "foot_kpts",
@@ -189,7 +188,9 @@ def cross_type_gt(
     skeleton on animals, say).
     """
     target = get_skeleton(target_skeleton).name
-    stored = _ALIASES.get(target, target)
+    # A skeleton evaluated with another's expert (OCHuman: COCO's) is scored from that
+    # dataset's stored keypoints (the same definition).
+    stored = get_protocol(target).eval_expert
     data = load_cross_gt(out_dir, source_dataset, split)
     kind = data["info"]["kind"]
     if stored not in _TARGETS[kind]:

@@ -19,6 +19,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from posebh.protocol import TRAINING_DATASETS
+
 __all__ = [
     "ACTIONS",
     "PRESETS",
@@ -38,7 +40,7 @@ ACTIONS = ("freeze", "thaw", "cps_init", "css_on", "css_off")
 TARGETS = ("backbone", "heads", "proto_head", "prototypes")
 
 #: The six multi-dataset training sets, in head / expert / prototype-block order.
-MULTI_DATASETS = ("coco", "aic", "mpii", "ap10k", "apt36k", "coco_wholebody")
+MULTI_DATASETS: tuple[str, ...] = tuple(p.name for p in TRAINING_DATASETS)
 
 
 class TrainConfigError(ValueError):
