@@ -9,10 +9,11 @@ Operators (shapes in :mod:`posebh.ops.similarity`):
 
 Backends: ``"triton"`` (CUDA tensors; CPU tensors only under ``TRITON_INTERPRET=1`` and when
 forced), ``"cuda"`` (CUDA kernels of the C++ extension), ``"cpp"`` (CPU kernels of the C++
-extension), ``"torch"`` (the reference in :mod:`posebh.prototypes`). ``backend="auto"`` (the
-default) tries, in order, ``cpp > torch`` on CPU and ``triton > cuda > torch`` on CUDA, and
-takes the first that can run the call (right device and dtype, extension built, no gradient
-needed w.r.t. the prototypes). :func:`explain` says which one runs and why the others do not.
+extension), ``"torch"`` (the references: :mod:`posebh.ops.similarity_reference`,
+:mod:`posebh.decode`). ``backend="auto"`` (the default) tries, in order, ``cpp > torch`` on
+CPU and ``triton > cuda > torch`` on CUDA, and takes the first that can run the call (right
+device and dtype, extension built, no gradient needed w.r.t. the prototypes). :func:`explain`
+says which one runs and why the others do not.
 
 The C++ extension is compiled on first use (see :mod:`posebh.ops.extensions`), or ahead of
 time with :func:`build_extensions`; importing this package never compiles anything and never

@@ -7,7 +7,8 @@ a class score is the maximum over the class's ``M`` prototypes, clamped to
 ``[SCORE_MIN, SCORE_MAX]`` like the official ``kpt_class``.
 
 It sits below both :mod:`posebh.ops.similarity` (its ``"torch"`` backend) and
-:mod:`posebh.prototypes` (the model's prototypes), so neither imports the other's reference.
+:mod:`posebh.prototypes` (the model's prototypes, which call the fused op), so the two do not
+import each other.
 """
 
 from __future__ import annotations
