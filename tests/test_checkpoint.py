@@ -313,9 +313,7 @@ def _official_split_output(suite: dict, splits: dict, name: str) -> dict:
 
 
 @pytest.mark.parametrize("name", ["coco", "wholebody"])
-def test_load_model_split_file_drops_leftovers_loudly(
-    suite: dict, splits: dict, name: str
-) -> None:
+def test_load_model_split_file_drops_leftovers_loudly(suite: dict, splits: dict, name: str) -> None:
     official = _official_split_output(suite, splits, name)
     with pytest.warns(UserWarning, match="model_split") as record:
         model = load_model(official, **TINY)

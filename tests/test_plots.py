@@ -315,9 +315,8 @@ def tiny_checkpoints(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Pa
     meta = {"posebh_train": {"preset": "posebh_tiny", "num_heads": TINY["num_heads"]}}
     torch.save({"state_dict": to_official(model), "meta": meta}, model_pth)
     config = {"model": "posebh_vit_small", "model_overrides": TINY}
-    torch.save(
-        {"format": TRAIN_CHECKPOINT_FORMAT, "config": config, "model": model.state_dict()}, final_pth
-    )
+    payload = {"format": TRAIN_CHECKPOINT_FORMAT, "config": config, "model": model.state_dict()}
+    torch.save(payload, final_pth)
     return model_pth, final_pth, model.state_dict()
 
 

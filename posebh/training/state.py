@@ -202,10 +202,11 @@ def checkpoint_payload(
 
 
 def _flat(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Nested config dicts as ``--set`` keys (``optim.lr``), the spelling of RESUME_FREE."""
     out: dict[str, Any] = {}
     for k, v in d.items():
         if isinstance(v, Mapping):
-            out.update(_flat(v, f"{prefix}{k}/"))
+            out.update(_flat(v, f"{prefix}{k}."))
         else:
             out[f"{prefix}{k}"] = v
     return out
