@@ -17,14 +17,17 @@ Three namings meet here:
 - **hf** (``transformers``' ``VitPoseForPoseEstimation``): ``backbone.embeddings.*``,
   ``backbone.encoder.layer.{i}.*`` with q/k/v split, ``head.{deconv1,batchnorm1,...,conv}``.
 
-Public API: :func:`load_official`, :func:`infer_arch` / :func:`infer_config`,
-:func:`read_state_dict`, :func:`to_official`, :func:`official_to_posebh`,
-:func:`split_official`, :func:`is_official_split`, :func:`remove_prototypes`, :func:`to_hf`,
-:func:`from_hf`, :class:`CheckpointError`.
+Public API: :func:`load_model` (the one way every command builds a model from a file),
+:func:`read_checkpoint` / :func:`save_atomically` (every checkpoint file read and written by
+posebh goes through these two), :func:`model_record` / :func:`recorded_config` (the
+architecture record of posebh-written files), :func:`match_keys`, :func:`infer_arch` /
+:func:`infer_config`, :func:`read_state_dict`, :func:`to_official`,
+:func:`official_to_posebh`, :func:`split_official`, :func:`is_official_split`,
+:func:`remove_prototypes`, :func:`to_hf`, :func:`from_hf`, :class:`CheckpointError`.
 
 Everything here is strict: every checkpoint tensor is consumed and every model tensor filled,
 or a :class:`CheckpointError` says which keys and why.  The only tensors ever dropped are
-the leftovers of the official split script (see :func:`load_official`) and an unused
+the leftovers of the official split script (see :func:`load_model`) and an unused
 ``backbone.cls_token``, and each drop is announced with :func:`warnings.warn`.
 """
 
@@ -35,31 +38,40 @@ import math
 import os
 import pickle
 import re
+import tempfile
 import warnings
 from collections.abc import Iterable, Mapping
-from typing import TYPE_CHECKING, Any
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 
+from posebh.models import PoseBH, PoseBHConfig
+from posebh.models.posebh import _WIDTHS, NUM_HEADS_BY_WIDTH, PRESETS
 from posebh.protocol import TRAINING_DATASETS, UnknownDatasetError, get_protocol
-
-if TYPE_CHECKING:
-    from posebh.models import PoseBH, PoseBHConfig
 
 __all__ = [
     "DATASET_ORDERS",
+    "MODEL_RECORD_KEY",
     "TRAIN_CHECKPOINT_FORMAT",
     "CheckpointError",
+    "KeyMatch",
     "from_hf",
     "infer_arch",
     "infer_config",
     "is_official_split",
     "is_posebh_naming",
-    "load_official",
+    "load_model",
+    "match_keys",
+    "model_record",
     "official_to_posebh",
+    "read_checkpoint",
     "read_state_dict",
+    "recorded_config",
     "remove_prototypes",
+    "save_atomically",
     "split_official",
     "to_hf",
     "to_official",
@@ -88,6 +100,10 @@ DATASET_ORDERS: dict[str, tuple[str, ...]] = {
 
 #: The ``format`` marker of the trainer's own checkpoints (weights under ``model``).
 TRAIN_CHECKPOINT_FORMAT = "posebh-train-v1"
+#: Where posebh-written files keep their architecture record (:func:`model_record`): at the
+#: top level of a trainer checkpoint, under ``meta`` of an official-naming ``model.pth``.
+MODEL_RECORD_KEY = "model_config"
+_RECORD_VERSION = 1
 _MAX_LISTED = 12  # keys listed per category in an error message before "... and N more"
 
 _BLOCK_RE = re.compile(r"^backbone\.blocks\.(\d+)\.")
@@ -112,11 +128,19 @@ def _list_keys(keys: Iterable[str], limit: int = _MAX_LISTED) -> str:
     return shown + (f", ... and {len(keys) - limit} more" if len(keys) > limit else "")
 
 
-def _torch_load(path: str) -> Any:
-    """``torch.load(weights_only=True)``, with its failures turned into CheckpointErrors."""
+def read_checkpoint(path: str | os.PathLike[str], *, map_location: Any = "cpu") -> Any:
+    """What a checkpoint file holds, read with ``torch.load(weights_only=True)`` (no code
+    from the file runs); its failures become :class:`CheckpointError` messages that say
+    what is wrong with the file and how to fix it.  The only place posebh reads a
+    checkpoint file."""
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(
+            f"{path}: no such file (a posebh train final.pth / model.pth, or an official .pth)"
+        )
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except (FileNotFoundError, IsADirectoryError, PermissionError):
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except (IsADirectoryError, PermissionError):
         raise
     except pickle.UnpicklingError as err:
         text = str(err)
@@ -154,6 +178,21 @@ def _torch_load(path: str) -> Any:
         ) from None
 
 
+def save_atomically(obj: object, path: str | os.PathLike[str]) -> None:
+    """``torch.save`` to a temporary file in the same folder, then rename over ``path``, so
+    an interrupted write never leaves a truncated checkpoint behind."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    os.close(fd)
+    try:
+        torch.save(obj, tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
 def read_state_dict(source: Source) -> StateDict:
     """The flat tensor dict of a checkpoint: ``source`` is a path (``.pth``), a
     ``{"state_dict": ..., "meta": ...}`` wrapper or a bare state dict.  A DDP ``module.``
@@ -168,7 +207,7 @@ def read_state_dict(source: Source) -> StateDict:
                 f"{name}: a safetensors file; read it with safetensors.torch.load_file() and "
                 "pass the dict (posebh does not depend on safetensors)"
             )
-        source = _torch_load(name)
+        source = read_checkpoint(name)
     if not isinstance(source, Mapping):
         raise CheckpointError(f"{name}: expected a dict of tensors, got {type(source).__name__}")
     if source.get("format") == TRAIN_CHECKPOINT_FORMAT and isinstance(source.get("model"), Mapping):
@@ -362,10 +401,8 @@ def infer_arch(source: Source, **arch: Any) -> dict[str, Any]:
     ``proto_head``/``proto_channels``/``proto_dim``/``num_prototypes``/``proto_keypoints``
     and ``num_clusters``.  ``num_heads`` (not visible in shapes) and ``drop_path_rate``
     come from the preset table by ``embed_dim``.  Leftover tensors of an official split
-    are ignored here (see :func:`load_official`).
+    are ignored here (see :func:`load_model`).
     """
-    from posebh.models.posebh import _WIDTHS, NUM_HEADS_BY_WIDTH
-
     sd = read_state_dict(source)
     if "backbone.pos_embed" not in sd or "backbone.patch_embed.proj.weight" not in sd:
         raise CheckpointError(
@@ -496,8 +533,6 @@ def infer_arch(source: Source, **arch: Any) -> dict[str, Any]:
 
 def infer_config(source: Source, **arch: Any) -> PoseBHConfig:
     """:func:`infer_arch` as a :class:`~posebh.models.PoseBHConfig`."""
-    from posebh.models import PoseBHConfig
-
     fields = {f.name for f in dataclasses.fields(PoseBHConfig)}
     unknown = set(arch) - fields
     if unknown:
@@ -506,7 +541,7 @@ def infer_config(source: Source, **arch: Any) -> PoseBHConfig:
 
 
 # --------------------------------------------------------------------------------------
-# Loading
+# Fitting a state dict to a model
 # --------------------------------------------------------------------------------------
 
 
@@ -532,7 +567,7 @@ def _drop_split_leftovers(sd: StateDict, policy: str) -> StateDict:
         )
     if dropped:
         warnings.warn(
-            f"load_official dropped {len(dropped)} tensors the model does not use: "
+            f"load_model dropped {len(dropped)} tensors the model does not use: "
             f"{_list_keys(dropped, 8)} ({'; '.join(reasons)})",
             stacklevel=3,
         )
@@ -556,7 +591,7 @@ def _diagnose(
             f"the model has {len(config.num_keypoints)} heatmap heads but the checkpoint only "
             "keypoint_head and no associate_keypoint_heads: it looks like a split "
             "single-dataset checkpoint; load it as a single-dataset model (do not pass "
-            "num_keypoints=..., load_official infers one head)"
+            "num_keypoints=..., load_model infers one head)"
         )
     if any(_EXPERT_RE.match(k) for k in unexpected):
         hints.append(
@@ -591,62 +626,260 @@ def _diagnose(
     return hints
 
 
-def _match(model: nn.Module, ckpt: StateDict, strict: bool) -> tuple[StateDict, list[str]]:
-    """Map ``ckpt`` (official naming) onto ``model``; raise or warn on every mismatch."""
+@dataclass(frozen=True)
+class KeyMatch:
+    """How a state dict (posebh naming) lines up with a model's: the tensors that load, and
+    the keys that do not (in the model's / the state dict's order)."""
+
+    usable: StateDict
+    missing: list[str]  # in the model, not in the state dict
+    unexpected: list[str]  # in the state dict, not in the model
+    mismatched: list[str]  # in both, with different shapes
+
+
+def match_keys(model: nn.Module, state_dict: Mapping[str, Tensor]) -> KeyMatch:
+    """Line ``state_dict`` (posebh naming) up with ``model.state_dict()``.  Dtypes are not
+    compared: ``load_state_dict`` copies a fp16/bf16 tensor into a fp32 parameter by casting."""
     target = model.state_dict()
+    mismatched = [k for k in state_dict if k in target and state_dict[k].shape != target[k].shape]
+    bad = set(mismatched)
+    return KeyMatch(
+        usable={k: v for k, v in state_dict.items() if k in target and k not in bad},
+        missing=[k for k in target if k not in state_dict],
+        unexpected=[k for k in state_dict if k not in target],
+        mismatched=mismatched,
+    )
+
+
+def _match(
+    model: PoseBH, ckpt: StateDict, strict: bool, name: str = "checkpoint"
+) -> tuple[StateDict, list[str]]:
+    """Map ``ckpt`` (official naming) onto ``model``; raise or warn on every mismatch."""
     mapped = official_to_posebh(ckpt)
-    missing = [k for k in target if k not in mapped]
-    unexpected = [k for k in mapped if k not in target]
-    mismatched = [k for k in mapped if k in target and mapped[k].shape != target[k].shape]
+    found = match_keys(model, mapped)
+    target = model.state_dict()
     lines = [
         f"shape mismatch for {_posebh_key_to_official(k)}: checkpoint "
         f"{list(mapped[k].shape)} vs model {list(target[k].shape)}"
-        for k in mismatched
+        for k in found.mismatched
     ]
     if len(lines) > _MAX_LISTED:
         lines = [*lines[:_MAX_LISTED], f"... and {len(lines) - _MAX_LISTED} more shape mismatches"]
-    miss_off = [_posebh_key_to_official(k) or k for k in missing]
-    unex_off = [_posebh_key_to_official(k) or k for k in unexpected]
+    miss_off = [_posebh_key_to_official(k) or k for k in found.missing]
+    unex_off = [_posebh_key_to_official(k) or k for k in found.unexpected]
     if miss_off:
         lines.append(f"missing in the checkpoint ({len(miss_off)}): {_list_keys(miss_off)}")
     if unex_off:
         lines.append(f"unexpected in the checkpoint ({len(unex_off)}): {_list_keys(unex_off)}")
-    if any("pos_embed" in k for k in mismatched):
+    if any("pos_embed" in k for k in found.mismatched):
         lines.append("pos_embed differs: the checkpoint was trained for another img_size")
-    lines += _diagnose(ckpt, miss_off, unex_off, model.config)  # type: ignore[arg-type]
+    lines += _diagnose(ckpt, miss_off, unex_off, model.config)
     if lines and strict:
-        raise CheckpointError("checkpoint does not fit the model:\n  " + "\n  ".join(lines))
-    usable = {k: v for k, v in mapped.items() if k in target and k not in mismatched}
-    return usable, lines
+        raise CheckpointError(f"{name} does not fit the model:\n  " + "\n  ".join(lines))
+    return found.usable, lines
 
 
-def trained_num_heads(checkpoint: object) -> int | None:
-    """``meta.posebh_train.num_heads`` of a checkpoint dict written by posebh's trainer."""
+# --------------------------------------------------------------------------------------
+# The architecture record of posebh-written checkpoints
+# --------------------------------------------------------------------------------------
+
+
+def model_record(model: PoseBH, *, preset: str | None = None) -> dict[str, Any]:
+    """The architecture record posebh writes into its checkpoints (under
+    :data:`MODEL_RECORD_KEY`): every :class:`~posebh.models.PoseBHConfig` field, so that
+    :func:`load_model` rebuilds exactly this model instead of guessing from tensor shapes.
+
+    ``num_clusters`` is the size of the cluster bank the model holds now (CPS installs it
+    after the model was built); ``heatmap_size`` is stored for readers and checked on load.
+    Only plain containers: ``torch.load(weights_only=True)`` reads it back.
+    """
+    bank = model.cluster_prototypes
+    config = dataclasses.replace(
+        model.config, num_clusters=bank.num_clusters if bank is not None else 0
+    )
+    fields = {
+        k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(config).items()
+    }
+    return {
+        "version": _RECORD_VERSION,
+        "preset": preset,
+        "config": fields,
+        "heatmap_size": list(config.heatmap_size),
+    }
+
+
+def _find_record(checkpoint: object) -> object | None:
     if not isinstance(checkpoint, Mapping):
         return None
+    if MODEL_RECORD_KEY in checkpoint:
+        return checkpoint[MODEL_RECORD_KEY]
     meta = checkpoint.get("meta")
+    return meta.get(MODEL_RECORD_KEY) if isinstance(meta, Mapping) else None
+
+
+def recorded_config(checkpoint: object, name: str = "checkpoint") -> PoseBHConfig | None:
+    """The :class:`~posebh.models.PoseBHConfig` a posebh-written checkpoint records
+    (:func:`model_record`), or None when it has no record (official files, older posebh
+    files).  A record that cannot be read raises :class:`CheckpointError` naming the field."""
+    record = _find_record(checkpoint)
+    if record is None:
+        return None
+    fix = (
+        f"remove the '{MODEL_RECORD_KEY}' entry from the file (load_model then reads the "
+        "architecture off the tensor shapes)"
+    )
+    if not isinstance(record, Mapping) or not isinstance(record.get("config"), Mapping):
+        raise CheckpointError(f"{name}: '{MODEL_RECORD_KEY}' has no 'config' mapping; {fix}")
+    if record.get("version") != _RECORD_VERSION:
+        raise CheckpointError(
+            f"{name}: '{MODEL_RECORD_KEY}' version {record.get('version')!r}, this posebh "
+            f"reads version {_RECORD_VERSION}; {fix}"
+        )
+    fields = dict(record["config"])
+    known = {f.name for f in dataclasses.fields(PoseBHConfig)}
+    unknown = sorted(set(fields) - known)
+    if unknown:
+        raise CheckpointError(
+            f"{name}: '{MODEL_RECORD_KEY}' has fields {unknown} that PoseBHConfig does not "
+            f"know (written by a newer posebh?); {fix}"
+        )
+    try:
+        config = PoseBHConfig(
+            **{k: tuple(v) if isinstance(v, list) else v for k, v in fields.items()}
+        )
+    except (TypeError, ValueError) as err:
+        raise CheckpointError(
+            f"{name}: '{MODEL_RECORD_KEY}' is not a valid config ({err}); {fix}"
+        ) from None
+    heatmap = record.get("heatmap_size")
+    if heatmap is not None and tuple(heatmap) != config.heatmap_size:
+        raise CheckpointError(
+            f"{name}: '{MODEL_RECORD_KEY}' says heatmap_size={list(heatmap)} but its img_size, "
+            f"patch_size and num_deconv give {list(config.heatmap_size)}; {fix}"
+        )
+    return config
+
+
+def _record_contradictions(
+    config: PoseBHConfig, sd: Mapping[str, Tensor], given: Iterable[str]
+) -> list[tuple[str, Any, Any]]:
+    """(field, recorded, in the tensors) for every shape-visible field on which the record
+    and the tensors (official naming) disagree; fields the caller passes are not checked."""
+    seen = infer_arch(
+        sd,
+        num_heads=config.num_heads,
+        img_size=config.img_size,
+        proto_keypoints=config.proto_keypoints,
+    )
+    tokens = sd["backbone.pos_embed"].shape[1] - 1
+    rec = dataclasses.asdict(config)
+    fields = ["embed_dim", "depth", "patch_size", "qkv_bias", "num_experts", "num_keypoints"]
+    fields += ["head_filters", "num_deconv", "proto_head"]
+    if config.num_experts and seen["num_experts"]:
+        fields.append("part_features")
+    if config.num_deconv and seen["num_deconv"]:
+        fields.append("head_kernel")
+    if config.proto_head and seen["proto_head"]:
+        fields += ["proto_channels", "proto_dim", "num_clusters"]
+        if "num_prototypes" in seen:  # the keypoint bank is there
+            fields.append("num_prototypes")
+    out = [(f, rec[f], seen[f]) for f in fields if rec[f] != seen[f]]
+    hidden = int(seen["embed_dim"] * seen["mlp_ratio"])
+    if int(config.embed_dim * config.mlp_ratio) != hidden:
+        out.append(("mlp_ratio", config.mlp_ratio, seen["mlp_ratio"]))
+    h, w = config.img_size
+    if (h // config.patch_size) * (w // config.patch_size) != tokens:
+        out.append(("img_size", config.img_size, f"{tokens} patch positions"))
+    bank = sd.get(_OFFICIAL_KPT_PROTO)
+    if config.proto_head and bank is not None and sum(config.proto_keypoints) != bank.shape[0]:
+        out.append(("proto_keypoints", config.proto_keypoints, f"{bank.shape[0]} classes"))
+    skip = set(given)
+    return [c for c in out if c[0] not in skip]
+
+
+def _check_record(
+    config: PoseBHConfig, sd: Mapping[str, Tensor], name: str, given: Iterable[str]
+) -> None:
+    wrong = _record_contradictions(config, sd, given)
+    if not wrong:
+        return
+    lines = "\n  ".join(f"{f}: record {r!r}, tensors {t!r}" for f, r, t in wrong)
+    first = wrong[0][0]
+    raise CheckpointError(
+        f"{name}: its architecture record ('{MODEL_RECORD_KEY}') contradicts its tensors:\n"
+        f"  {lines}\n"
+        "The record does not describe these weights (edited tensors, or a record copied from "
+        f"another run).  Fix: if the weights are right, delete the record (ckpt"
+        f"['{MODEL_RECORD_KEY}'] of a training checkpoint, ckpt['meta']['{MODEL_RECORD_KEY}'] "
+        "of a model.pth) and save the file again, so load_model reads the architecture off "
+        f"the tensor shapes; or override the field, e.g. load_model(path, {first}=...)."
+    )
+
+
+def _legacy_arch(raw: object) -> dict[str, Any]:
+    """The fields a posebh file written before the architecture record holds elsewhere:
+    a trainer checkpoint's recipe (``config.model`` preset and ``model_overrides``: the
+    attention heads, ``compat``), a ``model.pth``'s ``meta.posebh_train.num_heads``."""
+    if not isinstance(raw, Mapping):
+        return {}
+    out: dict[str, Any] = {}
+    recipe = raw.get("config")
+    if isinstance(raw.get("model"), Mapping) and isinstance(recipe, Mapping):
+        overrides = dict(recipe.get("model_overrides") or {})
+        preset = PRESETS.get(str(recipe.get("model")), {})
+        heads = overrides.get("num_heads", preset.get("num_heads"))
+        if heads is not None:
+            out["num_heads"] = int(heads)
+        if overrides.get("compat") in ("paper", "official"):
+            out["compat"] = overrides["compat"]
+    meta = raw.get("meta")
     train = meta.get("posebh_train") if isinstance(meta, Mapping) else None
     heads = train.get("num_heads") if isinstance(train, Mapping) else None
-    return int(heads) if isinstance(heads, int) else None
+    if isinstance(heads, int):
+        out["num_heads"] = heads
+    return out
 
 
-def load_official(
-    path_or_state_dict: Source,
+def _with_fields(config: PoseBHConfig, arch: Mapping[str, Any]) -> PoseBHConfig:
+    fields = {f.name for f in dataclasses.fields(PoseBHConfig)}
+    unknown = set(arch) - fields
+    if unknown:
+        raise TypeError(f"unknown config fields {sorted(unknown)}; valid: {sorted(fields)}")
+    return dataclasses.replace(config, **arch)
+
+
+# Fields the tensors of a single-dataset split cannot tell; a record supplies them.
+_UNSEEN_FIELDS = ("num_heads", "compat", "drop_path_rate", "img_size")
+
+
+# --------------------------------------------------------------------------------------
+# Loading
+# --------------------------------------------------------------------------------------
+
+
+def load_model(
+    source: Source,
     *,
     dataset: str | int | None = None,
     split_quirks: str = "ignore",
     strict: bool = True,
     **arch: Any,
 ) -> PoseBH:
-    """A :class:`~posebh.models.PoseBH` (in ``eval()`` mode) holding an official checkpoint.
+    """A :class:`~posebh.models.PoseBH` (in ``eval()`` mode) holding a checkpoint: the one
+    loader of every command (``posebh eval``, ``crosstype``, ``visualize``, the reproduce
+    harness, ablations and regression).
 
-    ``path_or_state_dict``: a ``.pth`` path (read with ``torch.load(weights_only=True)``),
-    an mmcv ``{"state_dict": ..., "meta": ...}`` dict or a bare state dict, in official
-    naming, with or without a DDP ``module.`` prefix.
+    ``source``: a ``.pth`` path (read with :func:`read_checkpoint`), or what such a file
+    holds: a trainer checkpoint (``latest.pth``, ``step_N.pth``, ``final.pth``: posebh naming
+    under ``model``), an mmcv ``{"state_dict": ..., "meta": ...}`` dict (``model.pth``,
+    official releases) or a bare state dict in official or posebh naming, with or without a
+    DDP ``module.`` prefix.
 
-    The architecture is inferred from the tensor shapes (:func:`infer_arch`); ``arch``
-    overrides any :class:`~posebh.models.PoseBHConfig` field, e.g. ``num_heads`` for a
-    width outside the preset table.
+    The architecture: ``arch`` (any :class:`~posebh.models.PoseBHConfig` field) wins; then
+    the file's architecture record (:func:`model_record`, written by posebh since the record
+    exists; checked against the tensor shapes, a contradiction raises); then, for files
+    without one, the tensor shapes (:func:`infer_arch`) with the attention-head count and
+    ``compat`` of an older posebh file's recipe or ``meta.posebh_train``.
 
     ``dataset``: load a multi-dataset checkpoint directly as that dataset's single-head
     plain-ViT model (:func:`split_official` with the prototype head kept).
@@ -666,28 +899,40 @@ def load_official(
     tensor raises :class:`CheckpointError` listing the keys and the likely cause.  With
     ``strict=False`` those tensors are skipped (the model keeps its initial values) and the
     same report is issued as a warning, as mmcv's non-strict loading does (fine-tuning on
-    a new keypoint set).
+    a new keypoint set).  fp16 / bf16 tensors are cast to the model's fp32.
     """
-    from posebh.models import PoseBH
-
     if split_quirks not in ("ignore", "error"):
         raise ValueError(f"split_quirks must be 'ignore' or 'error', got {split_quirks!r}")
-    source = path_or_state_dict
-    if isinstance(source, (str, os.PathLike)) and not os.fspath(source).endswith(".safetensors"):
-        source = _torch_load(os.fspath(source))
-    # Checkpoints written by posebh's trainer record the one architecture field the tensors
-    # cannot tell (attention heads of a non-preset width) in their meta.
-    heads = trained_num_heads(source)
-    if heads is not None and "num_heads" not in arch:
-        arch["num_heads"] = heads
-    sd = read_state_dict(source)
+    raw: Any = source
+    name = "checkpoint"
+    if isinstance(source, (str, os.PathLike)):
+        name = os.fspath(source)
+        if not name.endswith(".safetensors"):  # read_state_dict says how to read those
+            raw = read_checkpoint(name)
+    record = recorded_config(raw, name)
+    if record is None:
+        arch = {**_legacy_arch(raw), **arch}
+    if isinstance(raw, Mapping) and isinstance(raw.get("model"), Mapping) and "config" in raw:
+        raw = {"state_dict": raw["model"]}  # a trainer checkpoint, with or without its marker
+    sd = read_state_dict(raw)
     if is_posebh_naming(sd):  # a PoseBH.state_dict() saved by this package
         sd = to_official(sd)
+    if record is not None:
+        _check_record(record, sd, name, given=arch)
     if dataset is not None:
         sd = split_official(sd, dataset, keep_prototype_head=True)
     sd = _drop_split_leftovers(sd, split_quirks)
-    model = PoseBH(infer_config(sd, **arch))
-    usable, report = _match(model, sd, strict)
+    if record is None:
+        config = infer_config(sd, **arch)
+    elif dataset is None:
+        config = _with_fields(record, arch)
+    else:  # the split's shapes, and what they cannot tell from the record
+        unseen = {f: getattr(record, f) for f in _UNSEEN_FIELDS}
+        if record.proto_head:
+            unseen["proto_keypoints"] = record.proto_keypoints
+        config = infer_config(sd, **{**unseen, **arch})
+    model = PoseBH(config)
+    usable, report = _match(model, sd, strict, name)
     if report:
         warnings.warn("non-strict load:\n  " + "\n  ".join(report), stacklevel=2)
     model.load_state_dict(usable, strict=strict)
@@ -925,7 +1170,7 @@ def from_hf(state_dict: Source) -> StateDict:
     """The official (mmcv) state dict of a ``transformers`` VitPose state dict (or of a
     :func:`to_hf` output): q/k/v are concatenated back into ``qkv``, ``head.*`` becomes
     ``keypoint_head.*``, ``associate_heads.{i}.*`` ``associate_keypoint_heads.{i}.*``.
-    Feed the result to :func:`load_official`.  A ``.safetensors`` file must be read by the
+    Feed the result to :func:`load_model`.  A ``.safetensors`` file must be read by the
     caller (``safetensors.torch.load_file``) and passed as a dict.
     """
     sd = read_state_dict(state_dict)

@@ -8,13 +8,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
 import torch
+
+from posebh.checkpoint import save_atomically
 
 EXAMPLES = """\
 examples:
@@ -33,21 +33,6 @@ examples:
   posebh visualize --dataset aic --data-root data_synth --gt --num-images 4
   posebh bench -k "decode or similarity"
 """
-
-
-def save_atomically(obj: object, path: str | os.PathLike) -> None:
-    """``torch.save`` to a temporary file in the same folder, then rename over ``path``, so
-    an interrupted write never leaves a truncated checkpoint behind."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    os.close(fd)
-    try:
-        torch.save(obj, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def _cmd_info(args: argparse.Namespace) -> int:
@@ -165,11 +150,11 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     elif not args.gt_as_prediction:
         arch = _parse_overrides(args.override)
         if args.checkpoint:
-            from posebh.checkpoint import load_official
+            from posebh.checkpoint import load_model
 
             if args.num_heads:
                 arch["num_heads"] = args.num_heads
-            model, checkpoint = load_official(args.checkpoint, **arch), str(args.checkpoint)
+            model, checkpoint = load_model(args.checkpoint, **arch), str(args.checkpoint)
         elif args.preset:
             from posebh.models import build_model
 
@@ -274,7 +259,8 @@ def _add_synth(sub: argparse._SubParsersAction) -> None:
 
 
 def _cmd_crosstype(args: argparse.Namespace) -> int:
-    from posebh.crosstype import cross_type_eval, load_model
+    from posebh.checkpoint import load_model
+    from posebh.crosstype import cross_type_eval
 
     arch = {"num_heads": args.num_heads} if args.num_heads else {}
     model = load_model(args.checkpoint, **arch)
@@ -382,8 +368,9 @@ def _add_bench(sub: argparse._SubParsersAction) -> None:
 
 
 def _cmd_visualize(args: argparse.Namespace) -> int:
+    from posebh.checkpoint import load_model
     from posebh.skeletons import get_skeleton
-    from posebh.visualize import load_checkpoint, visualize_predictions, visualize_prototypes
+    from posebh.visualize import visualize_predictions, visualize_prototypes
 
     if args.checkpoint is None and not args.gt:
         raise ValueError(
@@ -403,7 +390,8 @@ def _cmd_visualize(args: argparse.Namespace) -> int:
             source="command line",
         )
     out = args.out or Path("results") / "visualize" / f"{name}_{args.split}"
-    model = load_checkpoint(args.checkpoint, num_heads=args.num_heads) if args.checkpoint else None
+    arch = {"num_heads": args.num_heads} if args.num_heads is not None else {}
+    model = load_model(args.checkpoint, **arch) if args.checkpoint else None
     written = [
         visualize_predictions(
             dataset,

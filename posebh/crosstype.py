@@ -59,7 +59,6 @@ __all__ = [
     "cross_pairs",
     "cross_type_eval",
     "headline",
-    "load_model",
 ]
 
 #: The multi-dataset training sets (head order of a six-head model).
@@ -212,21 +211,6 @@ def _jsonable(obj: Any) -> Any:
     if isinstance(obj, float) and math.isnan(obj):
         return None
     return obj
-
-
-def load_model(path: str | os.PathLike[str], **arch: Any) -> torch.nn.Module:
-    """A model (eval mode) from a checkpoint of ``posebh train`` (``final.pth`` /
-    ``latest.pth``: its ``model`` state and recipe) or any file ``posebh eval`` reads
-    (``model.pth``, official checkpoints); ``arch`` overrides architecture fields."""
-    from posebh.checkpoint import load_official
-
-    raw = torch.load(os.fspath(path), map_location="cpu", weights_only=True)
-    if isinstance(raw, Mapping) and "model" in raw and "config" in raw:
-        heads = raw["config"].get("model_overrides", {}).get("num_heads")
-        if heads is not None:
-            arch.setdefault("num_heads", int(heads))
-        raw = raw["model"]
-    return load_official(raw, **arch)
 
 
 def _model_heads(model: torch.nn.Module) -> list[str]:

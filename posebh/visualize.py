@@ -10,9 +10,10 @@ protocol and ground-truth boxes: what is drawn is exactly what ``posebh eval --g
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +21,9 @@ import numpy as np
 import torch
 from torch import nn
 
+from posebh.datasets import DatasetSpec, default_spec, read_dataset
+from posebh.evaluate import default_protocol, ground_truth_predictions, predict
+from posebh.pipeline import load_image
 from posebh.reproduce.plots import (
     Block,
     block_similarity,
@@ -27,62 +31,13 @@ from posebh.reproduce.plots import (
     plot_prototype_similarity,
     prototype_similarity_matrix,
 )
+from posebh.skeletons import SKELETONS, TRAINING_SKELETONS, get_skeleton
 
 __all__ = [
-    "load_checkpoint",
     "prototype_blocks",
     "visualize_predictions",
     "visualize_prototypes",
 ]
-
-
-def load_checkpoint(path: str | os.PathLike[str], *, num_heads: int | None = None) -> nn.Module:
-    """A :class:`~posebh.models.PoseBH` in eval mode from any checkpoint this project reads:
-    a training checkpoint of ``posebh train`` (``final.pth`` / ``latest.pth``), its
-    ``model.pth`` (official naming + ``meta.posebh_train``), an official mmcv checkpoint or a
-    bare state dict in either naming.
-
-    The architecture comes from the tensor shapes (:func:`posebh.checkpoint.load_official`);
-    the attention-head count, invisible in shapes, from ``num_heads``, else the training
-    config / meta stored in the file, else the preset table of the width.
-    """
-    from posebh.checkpoint import load_official, read_state_dict
-
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(
-            f"--checkpoint {path}: no such file (a posebh train final.pth/model.pth or an "
-            "official .pth)"
-        )
-    try:
-        raw = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception:
-        # read_state_dict turns the same failure into a CheckpointError that says what is
-        # wrong with the file (truncated, not torch.save, pickles code) and how to fix it.
-        read_state_dict(path)
-        raise
-    arch: dict[str, Any] = {}
-    source: Any = raw
-    if isinstance(raw, Mapping) and isinstance(raw.get("model"), Mapping) and "config" in raw:
-        # A posebh train checkpoint: posebh naming under "model", the recipe under "config".
-        from posebh.models.posebh import PRESETS
-
-        source = dict(raw["model"])
-        config = raw.get("config") or {}
-        overrides = dict(config.get("model_overrides") or {})
-        preset = PRESETS.get(str(config.get("model")), {})
-        heads = overrides.get("num_heads", preset.get("num_heads"))
-        if heads is not None:
-            arch["num_heads"] = int(heads)
-        if overrides.get("compat") in ("paper", "official"):
-            arch["compat"] = overrides["compat"]
-    elif isinstance(raw, Mapping) and isinstance(raw.get("meta"), Mapping):
-        heads = (raw["meta"].get("posebh_train") or {}).get("num_heads")
-        if heads is not None:
-            arch["num_heads"] = int(heads)
-    if num_heads is not None:
-        arch["num_heads"] = int(num_heads)
-    return load_official(source, **arch)
 
 
 def prototype_blocks(num_keypoints: Sequence[int]) -> list[Block]:
@@ -90,8 +45,6 @@ def prototype_blocks(num_keypoints: Sequence[int]) -> list[Block]:
     named after the training skeleton at their index when its keypoint count matches
     (the official layout: coco, aic, mpii, ap10k, apt36k, coco_wholebody), else ``dataset<d>``.
     """
-    from posebh.skeletons import TRAINING_SKELETONS
-
     blocks: list[Block] = []
     start = 0
     for d, k in enumerate(num_keypoints):
@@ -104,8 +57,6 @@ def prototype_blocks(num_keypoints: Sequence[int]) -> list[Block]:
 
 def _class_names(blocks: Sequence[Block], num_classes: int) -> list[str]:
     """``<dataset>/<keypoint name>`` per class index (``class<i>`` outside every block)."""
-    from posebh.skeletons import SKELETONS
-
     names = [f"class{i}" for i in range(num_classes)]
     for name, start, count in blocks:
         sk = SKELETONS.get(name)
@@ -232,13 +183,6 @@ def visualize_predictions(
     test, decoding), with ``head`` / ``expert`` defaulting to the dataset's. Keypoints scoring
     ≤ ``score_thr`` are not drawn. Returns the written path.
     """
-    import dataclasses
-
-    from posebh.datasets import DatasetSpec, default_spec, read_dataset
-    from posebh.evaluate import default_protocol, ground_truth_predictions, predict
-    from posebh.pipeline import load_image
-    from posebh.skeletons import get_skeleton
-
     if num_images < 1:
         raise ValueError(f"--num-images must be ≥ 1, got {num_images}")
     if not gt and model is None:

@@ -21,7 +21,7 @@ from posebh.checkpoint import (
     CheckpointError,
     from_hf,
     infer_arch,
-    load_official,
+    load_model,
     official_to_posebh,
     read_state_dict,
     remove_prototypes,
@@ -199,38 +199,38 @@ def test_infer_arch_cluster_prototypes_and_img_size(tiny: dict) -> None:
 # ------------------------------------------------------------------------------------------
 
 
-def test_load_official_strict_and_round_trip(golden_sd: dict) -> None:
-    model = load_official({"state_dict": golden_sd, "meta": {}}, **TINY)
+def test_load_model_strict_and_round_trip(golden_sd: dict) -> None:
+    model = load_model({"state_dict": golden_sd, "meta": {}}, **TINY)
     assert not model.training
     assert model.config.num_keypoints == KPTS and model.config.num_experts == 6
     assert_same_state(to_official(model), golden_sd)
     # A PoseBH state dict saved by this package loads too.
-    again = load_official(model.state_dict(), **TINY)
+    again = load_model(model.state_dict(), **TINY)
     assert_same_state(to_official(again), golden_sd)
 
 
-def test_load_official_forward_parity(tiny: dict) -> None:
-    model = load_official(tiny["state_dict"], **TINY)
+def test_load_model_forward_parity(tiny: dict) -> None:
+    model = load_model(tiny["state_dict"], **TINY)
     with torch.no_grad():
         out = model(tiny["images"], tiny["dataset_idx"])
     torch.testing.assert_close(out.features, tiny["features"], atol=1e-5, rtol=0)
     torch.testing.assert_close(out.heatmaps[5], tiny["heatmaps"][5], atol=1e-5, rtol=0)
 
 
-def test_load_official_from_file(tiny: dict, tmp_path: Path) -> None:
+def test_load_model_from_file(tiny: dict, tmp_path: Path) -> None:
     path = tmp_path / "posebh_tiny.pth"
     torch.save({"state_dict": tiny["state_dict"], "meta": {"epoch": 1}}, path)
-    assert_same_state(to_official(load_official(path, **TINY)), tiny["state_dict"])
-    assert_same_state(to_official(load_official(str(path), **TINY)), tiny["state_dict"])
+    assert_same_state(to_official(load_model(path, **TINY)), tiny["state_dict"])
+    assert_same_state(to_official(load_model(str(path), **TINY)), tiny["state_dict"])
 
 
-def test_load_official_cluster_prototypes(tiny: dict) -> None:
+def test_load_model_cluster_prototypes(tiny: dict) -> None:
     pytest.importorskip("posebh.cps")
     sd = dict(tiny["state_dict"])
     sd["proto_head.cluster_prototype.prototypes"] = torch.nn.functional.normalize(
         torch.randn(96, 3, 16), dim=-1
     )
-    model = load_official(sd, **TINY)
+    model = load_model(sd, **TINY)
     assert model.config.num_clusters == 96
     assert_same_state(to_official(model), sd)
 
@@ -286,7 +286,7 @@ def test_split_official_tensors_and_plain_vit_parity(suite: dict, splits: dict, 
     for k in ours.keys() - changed.keys():
         assert torch.equal(ours[k], src[k]), k
     # Loaded as a plain-ViT single-head model it reproduces the official ViT on the split.
-    model = load_official(ours, **TINY)
+    model = load_model(ours, **TINY)
     cfg = model.config
     assert (cfg.num_experts, cfg.num_keypoints, cfg.proto_head) == (
         0,
@@ -313,12 +313,10 @@ def _official_split_output(suite: dict, splits: dict, name: str) -> dict:
 
 
 @pytest.mark.parametrize("name", ["coco", "wholebody"])
-def test_load_official_split_file_drops_leftovers_loudly(
-    suite: dict, splits: dict, name: str
-) -> None:
+def test_load_model_split_file_drops_leftovers_loudly(suite: dict, splits: dict, name: str) -> None:
     official = _official_split_output(suite, splits, name)
     with pytest.warns(UserWarning, match="model_split") as record:
-        model = load_official(official, **TINY)
+        model = load_model(official, **TINY)
     n_dropped = 24 + (70 if name == "coco" else 0)  # experts (+ coco's associate heads)
     assert any(f"dropped {n_dropped} tensors" in str(w.message) for w in record)
     cfg = model.config
@@ -333,11 +331,11 @@ def test_load_official_split_file_drops_leftovers_loudly(
         to_official(model), split_official(suite["state_dict"], name, keep_prototype_head=True)
     )
     with pytest.raises(CheckpointError, match=r"model_split\.py"):
-        load_official(official, split_quirks="error", **TINY)
+        load_model(official, split_quirks="error", **TINY)
 
 
-def test_load_official_dataset_argument(suite: dict) -> None:
-    model = load_official(suite["state_dict"], dataset="mpii", **TINY)
+def test_load_model_dataset_argument(suite: dict) -> None:
+    model = load_model(suite["state_dict"], dataset="mpii", **TINY)
     assert model.config.num_keypoints == (16,) and model.config.num_experts == 0
     expected = split_official(suite["state_dict"], "mpii", keep_prototype_head=True)
     assert_same_state(to_official(model), expected)
@@ -370,9 +368,9 @@ def test_remove_prototypes(tiny: dict) -> None:
     # The transfer recipes start from such a file: strict loading names the gap, non-strict
     # loading keeps fresh prototypes and says so.
     with pytest.raises(CheckpointError, match=r"kpt_prototype\.prototypes.*\n.*strict=False"):
-        load_official(out, **TINY)
+        load_model(out, **TINY)
     with pytest.warns(UserWarning, match="non-strict"):
-        model = load_official(out, strict=False, **TINY)
+        model = load_model(out, strict=False, **TINY)
     assert torch.equal(model.heads[0].final_layer.weight, sd["keypoint_head.final_layer.weight"])
 
 
@@ -441,7 +439,7 @@ def test_renamed_key_is_reported(tiny: dict) -> None:
     sd = dict(tiny["state_dict"])
     sd["backbone.blocks.0.norm_1.weight"] = sd.pop("backbone.blocks.0.norm1.weight")
     with pytest.raises(CheckpointError) as err:
-        load_official(sd, **TINY)
+        load_model(sd, **TINY)
     msg = str(err.value)
     assert "missing in the checkpoint (1): backbone.blocks.0.norm1.weight" in msg
     assert "unexpected in the checkpoint (1): backbone.blocks.0.norm_1.weight" in msg
@@ -457,10 +455,10 @@ def test_wrong_shape_is_reported(tiny: dict) -> None:
             "[64, 64]"
         ),
     ):
-        load_official(sd, **TINY)
+        load_model(sd, **TINY)
     # Non-strict loading skips it with a warning and keeps the rest.
     with pytest.warns(UserWarning, match="shape mismatch"):
-        model = load_official(sd, strict=False, **TINY)
+        model = load_model(sd, strict=False, **TINY)
     assert torch.equal(model.backbone.pos_embed, sd["backbone.pos_embed"])
 
 
@@ -475,20 +473,20 @@ def test_long_key_lists_are_truncated(tiny: dict) -> None:
         for k, v in tiny["state_dict"].items()
     }
     with pytest.raises(CheckpointError, match=r"missing in the checkpoint \(20\): .*and 8 more"):
-        load_official(renamed, **TINY)
+        load_model(renamed, **TINY)
 
 
 def test_split_checkpoint_loaded_as_multi_head_is_explained(suite: dict) -> None:
     split = split_official(suite["state_dict"], "coco")
     with pytest.raises(CheckpointError, match="split single-dataset checkpoint"):
-        load_official(split, num_keypoints=KPTS, **TINY)
+        load_model(split, num_keypoints=KPTS, **TINY)
 
 
 def test_experts_against_plain_model_are_explained(tiny: dict) -> None:
     with pytest.raises(CheckpointError, match="expert tensors present"):
-        load_official(tiny["state_dict"], num_experts=0, **TINY)
+        load_model(tiny["state_dict"], num_experts=0, **TINY)
     with pytest.raises(CheckpointError, match="built without one"):
-        load_official(tiny["state_dict"], proto_head=False, **TINY)
+        load_model(tiny["state_dict"], proto_head=False, **TINY)
 
 
 def test_truncated_file(tiny: dict, tmp_path: Path) -> None:
@@ -497,10 +495,10 @@ def test_truncated_file(tiny: dict, tmp_path: Path) -> None:
     data = path.read_bytes()
     path.write_bytes(data[: len(data) // 2])
     with pytest.raises(CheckpointError, match=r"cut\.pth.*truncated or corrupt"):
-        load_official(path, **TINY)
+        load_model(path, **TINY)
     path.write_bytes(b"not a checkpoint at all" * 4)
     with pytest.raises(CheckpointError, match=r"cut\.pth.*truncated or corrupt"):
-        load_official(path, **TINY)
+        load_model(path, **TINY)
 
 
 class _Custom:  # a class the weights-only unpickler may not build
@@ -517,7 +515,7 @@ def test_pickle_that_needs_code_is_refused(tiny: dict, tmp_path: Path, payload: 
     path = tmp_path / "code.pth"
     torch.save({"state_dict": {"backbone.pos_embed": torch.zeros(1)}, "meta": payload}, path)
     with pytest.raises(CheckpointError) as err:
-        load_official(path, **TINY)
+        load_model(path, **TINY)
     msg = str(err.value)
     assert "code.pth" in msg and "refusing to load" in msg
     assert "weights_only=True" in msg and "torch.save({'state_dict'" in msg
@@ -532,7 +530,7 @@ def test_non_tensor_entries(tiny: dict) -> None:
 def test_unused_cls_token_is_dropped_loudly(tiny: dict) -> None:
     sd = {"backbone.cls_token": torch.zeros(1, 1, 64), **tiny["state_dict"]}
     with pytest.warns(UserWarning, match=r"dropped 1 tensors.*backbone\.cls_token"):
-        model = load_official(sd, **TINY)
+        model = load_model(sd, **TINY)
     assert_same_state(to_official(model), tiny["state_dict"])
 
 
@@ -540,4 +538,4 @@ def test_nothing_dropped_silently(tiny: dict) -> None:
     # A clean checkpoint loads without warnings (the split policy must not fire).
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        load_official(tiny["state_dict"], **TINY)
+        load_model(tiny["state_dict"], **TINY)

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from posebh.checkpoint import load_official, read_state_dict
+from posebh.checkpoint import load_model, read_state_dict
 from posebh.cli import main, save_atomically
 
 
@@ -36,8 +36,8 @@ def test_convert_split_then_load_matches_routed_model(suite_file: Path, tmp_path
     assert main(["convert", str(suite_file), str(out), "--split", "mpii"]) == 0
     split_sd = read_state_dict(out)
     assert not any(".experts." in k or k.startswith("associate_") for k in split_sd)
-    single = load_official(out, num_heads=4)
-    full = load_official(suite_file, num_heads=4)
+    single = load_model(out, num_heads=4)
+    full = load_model(suite_file, num_heads=4)
     assert single.config.num_keypoints == (16,) and single.config.num_experts == 0
     images = torch.randn(2, 3, 256, 192)
     with torch.no_grad():

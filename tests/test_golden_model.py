@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from posebh.checkpoint import load_official
+from posebh.checkpoint import load_model
 from posebh.decode import flip_back
 
 COCO_FLIP = [0, 2, 1, 4, 3, 6, 5, 8, 7, 10, 9, 12, 11, 14, 13, 16, 15]
@@ -39,12 +39,12 @@ def suite(golden_dir: Path) -> dict:
 
 @pytest.fixture(scope="module")
 def tiny_model(tiny: dict):
-    return load_official(tiny["state_dict"], num_heads=tiny["config"]["num_heads"]).eval()
+    return load_model(tiny["state_dict"], num_heads=tiny["config"]["num_heads"]).eval()
 
 
 @pytest.fixture(scope="module")
 def suite_model(suite: dict):
-    return load_official(suite["state_dict"], num_heads=4).eval()
+    return load_model(suite["state_dict"], num_heads=4).eval()
 
 
 def test_tiny_model_architecture_inferred(tiny: dict, tiny_model) -> None:

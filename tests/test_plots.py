@@ -14,7 +14,7 @@ import pytest
 import torch
 from PIL import Image
 
-from posebh.checkpoint import to_official
+from posebh.checkpoint import TRAIN_CHECKPOINT_FORMAT, load_model, to_official
 from posebh.cli import main
 from posebh.models import build_model
 from posebh.reproduce.plots import (
@@ -29,7 +29,6 @@ from posebh.reproduce.plots import (
 from posebh.skeletons import SKELETON_LINKS, SKELETONS, TRAINING_SKELETONS, class_offsets
 from posebh.visualize import (
     _first_images,
-    load_checkpoint,
     prototype_blocks,
     visualize_predictions,
     visualize_prototypes,
@@ -309,8 +308,6 @@ def synth_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def tiny_checkpoints(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, dict]:
     """A random tiny PoseBH saved as posebh train writes model.pth (official naming + meta)
     and final.pth (posebh naming + the recipe)."""
-    from posebh.training.trainer import CHECKPOINT_FORMAT
-
     torch.manual_seed(0)
     model = build_model("posebh_vit_small", **TINY)
     root = tmp_path_factory.mktemp("ckpt")
@@ -318,16 +315,15 @@ def tiny_checkpoints(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Pa
     meta = {"posebh_train": {"preset": "posebh_tiny", "num_heads": TINY["num_heads"]}}
     torch.save({"state_dict": to_official(model), "meta": meta}, model_pth)
     config = {"model": "posebh_vit_small", "model_overrides": TINY}
-    torch.save(
-        {"format": CHECKPOINT_FORMAT, "config": config, "model": model.state_dict()}, final_pth
-    )
+    payload = {"format": TRAIN_CHECKPOINT_FORMAT, "config": config, "model": model.state_dict()}
+    torch.save(payload, final_pth)
     return model_pth, final_pth, model.state_dict()
 
 
 def test_load_checkpoint_reads_both_training_outputs(tiny_checkpoints) -> None:
     model_pth, final_pth, state = tiny_checkpoints
     for path in (model_pth, final_pth):
-        model = load_checkpoint(path)  # num_heads (32 is no preset width) from the file
+        model = load_model(path)  # num_heads (32 is no preset width) from the file
         assert model.config.num_heads == TINY["num_heads"]
         loaded = model.state_dict()
         assert set(loaded) == set(state)

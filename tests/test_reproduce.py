@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from posebh import ops
-from posebh.checkpoint import load_official, split_official, to_official
+from posebh.checkpoint import load_model, split_official, to_official
 from posebh.datasets import default_spec
 from posebh.evaluate import default_protocol, evaluate
 from posebh.models import build_model
@@ -167,7 +167,7 @@ def test_real_mode_on_fixtures(fixture_root: Path, fixture_weights: Path, tmp_pa
     assert coco["delta"] == pytest.approx(coco["measured"] - 77.3)
     # Independent of the harness: split the file as model_split.py does, evaluate directly.
     state = torch.load(fixture_weights / "posebh_base.pth", weights_only=True)
-    split = load_official({"state_dict": split_official(state, "coco", keep_prototype_head=True)})
+    split = load_model({"state_dict": split_official(state, "coco", keep_prototype_head=True)})
     direct = evaluate(
         split,
         default_spec("coco", "val", fixture_root),

@@ -341,12 +341,12 @@ def test_staged_training_freezes_what_the_schedule_says(data_root: Path, tmp_pat
     assert ckpt["clusters"]["closest_keypoint"].shape == (ckpt["clusters"]["num_clusters"],)
     assert {"model", "optimizer", "scaler", "scheduler", "rng", "config"} <= set(ckpt)
     # model.pth is an official-naming checkpoint that `posebh eval` can load.
-    from posebh.checkpoint import load_official
+    from posebh.checkpoint import load_model
 
-    loaded = load_official(tmp_path / "run/model.pth", num_heads=2)
+    loaded = load_model(tmp_path / "run/model.pth", num_heads=2)
     assert loaded.cluster_prototypes is not None
     # ... and so is the trainer's own checkpoint (weights under 'model'), to the same weights.
-    from_trainer = load_official(tmp_path / "run/final.pth", num_heads=2).state_dict()
+    from_trainer = load_model(tmp_path / "run/final.pth", num_heads=2).state_dict()
     assert from_trainer.keys() == loaded.state_dict().keys()
     assert all(torch.equal(v, loaded.state_dict()[k]) for k, v in from_trainer.items())
 

@@ -6,7 +6,7 @@ F embedding dimensions, heatmaps of H×W = 64×48.
 
 ``build_model("posebh_vit_base")`` gives the released PoseBH-B architecture;
 ``vitpose_plus_*`` is the same multi-head model without the prototype head.  The official
-checkpoints load through :func:`posebh.checkpoint.load_official`.
+checkpoints load through :func:`posebh.checkpoint.load_model`.
 """
 
 from __future__ import annotations

@@ -90,15 +90,13 @@ def _headline(metrics: Mapping[str, Any], dataset: str) -> tuple[str, float | No
 def _evaluate_model(
     path: Path, world: Path, progress: bool, cross_type: bool
 ) -> tuple[dict[str, Any], dict[str, Any] | None]:
-    import torch
-
-    from posebh.checkpoint import load_official
+    from posebh.checkpoint import load_model, read_checkpoint
     from posebh.evaluate import evaluate
 
-    state = torch.load(path, map_location="cpu", weights_only=True)
+    state = read_checkpoint(path)
     values: dict[str, Any] = {}
     for dataset, split in ABLATION_SPLITS:
-        model = load_official(state, dataset=dataset)
+        model = load_model(state, dataset=dataset)
         result = evaluate(
             model, dataset, data_root=world, split=split, use_gt_bbox=True, progress=progress,
             log=None,
@@ -112,7 +110,7 @@ def _evaluate_model(
         except ImportError:
             cross = None
         else:
-            result = cross_type_eval(load_official(state), world, progress=progress)
+            result = cross_type_eval(load_model(state), world, progress=progress)
             cross = result.to_dict()
     return values, cross
 

@@ -6,7 +6,7 @@ folder holding the release files under their official names (``vitpose+_base.pth
 user's folders; the synthetic default points them at the SynthPose world and at tiny models
 trained on it (:mod:`posebh.reproduce.synthetic`), so what runs downstream is the same.
 
-Per (row, model) the checkpoint is loaded with :func:`posebh.checkpoint.load_official`; a
+Per (row, model) the checkpoint is loaded with :func:`posebh.checkpoint.load_model`; a
 multi-dataset file (experts present) is split to the row's dataset expert and head as the
 official ``tools/model_split.py`` + single-dataset test configs do (OCHuman uses the COCO
 expert), a transfer file (one head, plain ViT) is used as it is.  The row's protocol is the
@@ -181,7 +181,7 @@ def evaluate_table(
 ) -> TableRun:
     """Evaluate every (row, model) of ``table`` under ``context``; per-cell evaluation files
     go to ``out_dir/eval/<model>/<dataset>_<split>/``."""
-    from posebh.checkpoint import CheckpointError, _torch_load, load_official
+    from posebh.checkpoint import CheckpointError, load_model, read_checkpoint
     from posebh.evaluate import default_protocol, evaluate
 
     start = time.perf_counter()
@@ -198,7 +198,7 @@ def evaluate_table(
         state = None
         if reason is None:
             try:
-                state = _torch_load(str(path))
+                state = read_checkpoint(path)
             except CheckpointError as err:
                 reason = f"unreadable checkpoint: {err}"
         if state is not None:
@@ -235,9 +235,9 @@ def evaluate_table(
             eval_dir = out / "eval" / column.id / f"{row.dataset}_{row.split}"
             try:
                 if checkpoints[column.id]["multi_dataset"]:
-                    model = load_official(state, dataset=get_protocol(row.dataset).eval_expert)
+                    model = load_model(state, dataset=get_protocol(row.dataset).eval_expert)
                 else:
-                    model = load_official(state)
+                    model = load_model(state)
                 spec = row_spec(row, context)
                 result = evaluate(
                     model,
@@ -637,7 +637,7 @@ def _plots(run: TableRun, out: Path) -> dict[str, Path]:
 def _model_plots(run: TableRun, out: Path) -> dict[str, Path]:
     """Per evaluated model: keypoint overlays on a few images of its first row, and for a
     model with prototypes the cross-dataset prototype similarity matrix."""
-    from posebh.checkpoint import _torch_load, load_official
+    from posebh.checkpoint import load_model, read_checkpoint
     from posebh.visualize import visualize_predictions, visualize_prototypes
 
     files: dict[str, Path] = {}
@@ -645,8 +645,8 @@ def _model_plots(run: TableRun, out: Path) -> dict[str, Path]:
         info = run.checkpoints.get(column.id)
         if info is None:
             continue
-        state = _torch_load(info["file"])
-        model = load_official(state)
+        state = read_checkpoint(info["file"])
+        model = load_model(state)
         folder = out / "plots" / column.id
         if getattr(model, "keypoint_prototypes", None) is not None:
             for p in visualize_prototypes(model, folder, source=info["file"]):
@@ -655,7 +655,7 @@ def _model_plots(run: TableRun, out: Path) -> dict[str, Path]:
         if row is None:
             continue
         if info["multi_dataset"]:
-            model = load_official(state, dataset=get_protocol(row.dataset).eval_expert)
+            model = load_model(state, dataset=get_protocol(row.dataset).eval_expert)
         try:
             path = visualize_predictions(
                 row_spec(dataclasses.replace(row, use_gt_bbox=True), run.context),

@@ -177,7 +177,7 @@ def measure(
         return _evaluate_splits(None, world, keep(PROTOCOL_SPLITS), oracle=True, progress=progress)
     if section != "training":
         raise ValueError(f"unknown section {section!r}; sections: {SECTIONS}")
-    from posebh.checkpoint import load_official
+    from posebh.checkpoint import load_model, read_checkpoint
 
     base_cfg = shortened(run_config("vitpose_plus", config.seed), config.baseline_steps)
     base_cfg = dataclasses.replace(base_cfg, batch_size=config.batch_size)
@@ -192,9 +192,9 @@ def measure(
     )  # fmt: skip
     values: dict[str, float] = {}
     for label, path in (("vitpose_plus", base), ("posebh", pose)):
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        state = read_checkpoint(path)
         found = _evaluate_splits(
-            lambda d, s=state: load_official(s, dataset=d),
+            lambda d, s=state: load_model(s, dataset=d),
             world,
             keep(TRAINING_SPLITS),
             oracle=False,

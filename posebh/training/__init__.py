@@ -14,7 +14,8 @@ from posebh.training.config import (
 )
 from posebh.training.data import MixedDataset, StepSampler
 from posebh.training.schedule import StageState, plan_table, stage_at, stages
-from posebh.training.trainer import RunOptions, Trainer, TrainResult, headline_metric, load_init
+from posebh.training.trainer import RunOptions, Trainer, TrainResult, headline_metric
+from posebh.training.warm_start import load_init
 
 __all__ = [
     "PRESETS",
