@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from posebh.reproduce.plots import (
+from posebh.plots import (
     Block,
     block_similarity,
     plot_keypoint_overlays,
@@ -129,7 +129,7 @@ def visualize_prototypes(
     source: str | None = None,
 ) -> list[Path]:
     """Write ``prototype_similarity.png`` (the [J, J] class similarity matrix) and
-    ``prototype_similarity.json`` (the [D, D] :func:`~posebh.reproduce.plots.block_similarity`
+    ``prototype_similarity.json`` (the [D, D] :func:`~posebh.plots.block_similarity`
     summary and each class's nearest class in another dataset) into ``out_dir``.
 
     ``model_or_prototypes``: a model with ``keypoint_prototypes`` (its blocks are read off the
