@@ -1,4 +1,5 @@
-"""Repository-wide pytest hooks (tests/ and benchmarks/): a per-test watchdog.
+"""Repository-wide pytest hooks and fixtures (tests/ and benchmarks/): a per-test watchdog, and
+where the shared golden vectors and real fixtures live.
 
 A test that hangs (a dead lock file, a deadlocked worker) must fail CI with a traceback, not
 run into the CI job's wall-clock limit with no clue. When one test runs longer than
@@ -7,6 +8,12 @@ the 2-core CI machine, plus about 30 s when it builds a C++ extension first), a 
 lifts pytest's output capture, prints the test's id and every thread's stack, and ends the run
 with exit code 1. A ``faulthandler`` timer two minutes later is the backstop for a hang that
 never releases the GIL (it exits too, but its stacks may land in the captured output).
+
+Shared data: ``../shared`` beside the repository (developer machines and CI), or
+``POSEBH_SHARED``.  A test or benchmark that needs a folder or file of it skips when it is
+absent, except under CI (``CI=true``), where that is an error: a green run must not hide it.
+Every such check goes through :func:`require_shared` (the ``shared_dir``, ``golden_dir``,
+``fixtures_dir`` and ``shared_file`` fixtures).
 """
 
 from __future__ import annotations
@@ -15,9 +22,51 @@ import faulthandler
 import os
 import sys
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import pytest
+
+REPO_ROOT = Path(__file__).resolve().parent
+
+
+def shared_root() -> Path:
+    env = os.environ.get("POSEBH_SHARED")
+    return Path(env) if env else REPO_ROOT.parent / "shared"
+
+
+def require_shared(path: Path) -> Path:
+    """``path`` (a folder or file of the shared data) if it exists; else skip the test, or
+    fail it under CI."""
+    if not path.exists():
+        msg = f"shared data {path} not found (set POSEBH_SHARED to the shared folder)"
+        if os.environ.get("CI"):
+            pytest.fail(msg)
+        pytest.skip(msg)
+    return path
+
+
+@pytest.fixture(scope="session")
+def shared_dir() -> Path:
+    root = shared_root()
+    require_shared(root / "data")
+    return root
+
+
+@pytest.fixture(scope="session")
+def golden_dir(shared_dir: Path) -> Path:
+    return shared_dir / "data" / "golden"
+
+
+@pytest.fixture(scope="session")
+def fixtures_dir(shared_dir: Path) -> Path:
+    return shared_dir / "data" / "mmpose_testdata"
+
+
+@pytest.fixture(scope="session")
+def shared_file() -> Callable[[Path], Path]:
+    """``shared_file(path)``: :func:`require_shared` for one file a test needs."""
+    return require_shared
 
 
 def _timeout() -> float:

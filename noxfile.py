@@ -55,7 +55,7 @@ def regression(session: nox.Session) -> None:
 
     ``nox -s regression -- --refresh`` rewrites them (deliberately; commit with a reason).
     """
-    session.run("python", "-m", "posebh.reproduce.regression", *session.posargs)
+    session.run("python", "-m", "posebh.cli", "regression", *session.posargs)
 
 
 def _reproduce(name: str) -> None:

@@ -20,7 +20,6 @@ from posebh.datasets import DatasetSpec, read_dataset
 from posebh.decode import keypoints_from_heatmaps
 from posebh.evaluate import compute_metrics, default_protocol, predict
 
-SHARED = Path(__file__).resolve().parents[2] / "shared" / "data" / "mmpose_testdata"
 REPEAT = 16
 
 
@@ -49,10 +48,9 @@ class StubHeads(nn.Module):
 
 
 @pytest.fixture(scope="module")
-def coco():
-    if not SHARED.is_dir():
-        pytest.skip(f"{SHARED} not found")
-    spec = DatasetSpec("coco", str(SHARED / "coco/test_coco.json"), str(SHARED / "coco"))
+def coco(fixtures_dir: Path, shared_file):
+    folder = fixtures_dir / "coco"
+    spec = DatasetSpec("coco", str(shared_file(folder / "test_coco.json")), str(folder))
     instances, _ = read_dataset(spec)
     many = [replace(inst, image_id=inst.image_id) for _ in range(REPEAT) for inst in instances]
     return spec, many

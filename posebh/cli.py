@@ -1,7 +1,11 @@
-"""The ``posebh`` command line.
+"""The ``posebh`` command line: one parser (:func:`build_parser`) for every sub-command and
+one rule for errors (:func:`main`: a ValueError, FileNotFoundError or KeyError is printed as
+``posebh <command>: error: …`` with exit status 2, no traceback).
 
-Each sub-command lives in a small ``_cmd_*`` function; ``posebh <command> --help`` explains
-its flags with an example.
+The small sub-commands live here in ``_cmd_*`` functions; train, reproduce (the tables and
+the ablations) and regression in :mod:`posebh.commands`.  ``python -m posebh.train`` and the
+``reproduce/*.py`` scripts run this same parser.  ``posebh <command> --help`` explains the
+flags with an example.
 """
 
 from __future__ import annotations
@@ -9,12 +13,14 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import torch
 
 from posebh.checkpoint import save_atomically
+from posebh.commands import regression, reproduce, train
+from posebh.keyvalue import parse_pairs
 
 EXAMPLES = """\
 examples:
@@ -32,6 +38,7 @@ examples:
   posebh visualize --dataset coco --data-root data --checkpoint work/posebh/final.pth
   posebh visualize --dataset aic --data-root data_synth --gt --num-images 4
   posebh bench -k "decode or similarity"
+  posebh regression --sections protocol
 """
 
 
@@ -88,19 +95,8 @@ def _cmd_convert(args: argparse.Namespace) -> int:
 
 
 def _parse_overrides(items: Sequence[str]) -> dict[str, object]:
-    """``key=value`` pairs; values parsed as JSON where they can be (numbers, lists, bools)."""
-    out: dict[str, object] = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep:
-            raise ValueError(f"--override takes key=value, got {item!r}")
-        try:
-            out[key] = json.loads(value)
-        except json.JSONDecodeError:
-            out[key] = value
-        if isinstance(out[key], list):
-            out[key] = tuple(out[key])
-    return out
+    """``--override key=value`` pairs as a dict (values parsed as ``--set``'s)."""
+    return dict(parse_pairs(items, flag="--override", example="depth=2"))
 
 
 def _cmd_eval(args: argparse.Namespace) -> int:
@@ -185,30 +181,6 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     print(f"wrote {', '.join(result.files.values())}")
     print(f"protocol: {dataclasses.asdict(protocol)}")
     return 0
-
-
-def _cmd_train(args: argparse.Namespace) -> int:
-    from posebh.train import run
-
-    return run(args)
-
-
-def _add_train(sub: argparse._SubParsersAction) -> None:
-    from posebh.train import EXAMPLES as TRAIN_EXAMPLES
-    from posebh.train import add_arguments
-
-    tr = sub.add_parser(
-        "train",
-        help="train a recipe (PoseBH, ViTPose++, transfer, tiny synthetic) on one process "
-        "or under torchrun",
-        description="Train a preset recipe: mixed multi-dataset batches, the staged PoseBH "
-        "schedule (printed at start), resumable checkpoints, log.jsonl, evaluation. The same "
-        "flags work with `torchrun --nproc_per_node N -m posebh.train`.",
-        epilog=TRAIN_EXAMPLES,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    add_arguments(tr)
-    tr.set_defaults(func=_cmd_train)
 
 
 def _cmd_synth(args: argparse.Namespace) -> int:
@@ -453,29 +425,9 @@ def _add_visualize(sub: argparse._SubParsersAction) -> None:
     vis.set_defaults(func=_cmd_visualize)
 
 
-def _cmd_reproduce(args: argparse.Namespace) -> int:
-    from posebh.reproduce.cli import run
-
-    return run(args)
-
-
-def _add_reproduce(sub: argparse._SubParsersAction) -> None:
-    from posebh.reproduce.cli import EXAMPLES as REPRODUCE_EXAMPLES
-    from posebh.reproduce.cli import add_arguments
-
-    rep = sub.add_parser(
-        "reproduce",
-        help="reproduce a table of the paper (synthetic default, or real data and weights)",
-        description="Reproduce one table of the PoseBH paper/README: published values beside "
-        "measured ones, written to results/<table>/<run-id>/ as JSON, Markdown and plots.",
-        epilog=REPRODUCE_EXAMPLES,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    add_arguments(rep)
-    rep.set_defaults(func=_cmd_reproduce)
-
-
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(progs: Mapping[str, str] | None = None) -> argparse.ArgumentParser:
+    """The ``posebh`` parser with every sub-command.  ``progs`` renames sub-commands' usage
+    lines for the scripts that run them (``{"reproduce table1": "reproduce/table1.py"}``)."""
     parser = argparse.ArgumentParser(
         prog="posebh",
         description="PoseBH / ViTPose++ without mmcv: checkpoints, evaluation, training, "
@@ -596,27 +548,28 @@ def build_parser() -> argparse.ArgumentParser:
     )
     conv.add_argument("--remove-prototypes", action="store_true")
     conv.set_defaults(func=_cmd_convert)
-    _add_train(sub)
+    train.add_parser(sub)
     _add_synth(sub)
     _add_crosstype(sub)
     _add_visualize(sub)
     _add_bench(sub)
-    _add_reproduce(sub)
+    reproduce.add_parser(sub, progs or {})
+    regression.add_parser(sub)
     return parser
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def main(argv: Sequence[str] | None = None, *, prog: str | None = None) -> int:
+    """Run ``posebh ARGV``; the exit status.  ``prog``: the script name that runs the
+    sub-command ``argv`` starts with (``reproduce/table1.py`` for ``reproduce table1``)."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    if argv[:2] == ["reproduce", "ablations"]:  # its own flags (no published cells)
-        from posebh.reproduce.ablations import main as ablations_main
-
-        return ablations_main(argv[2:])
-    args = build_parser().parse_args(argv)
+    progs = {" ".join(argv[:2]): prog} if prog else None
+    args = build_parser(progs).parse_args(argv)
     try:
         return int(args.func(args) or 0)
     except (ValueError, FileNotFoundError, KeyError) as err:
         # Our errors carry their own explanation; a traceback adds nothing for a CLI user.
-        print(f"posebh {args.command}: error: {err}", file=sys.stderr)
+        msg = err.args[0] if isinstance(err, KeyError) and err.args else err
+        print(f"posebh {args.command}: error: {msg}", file=sys.stderr)
         return 2
 
 

@@ -24,7 +24,7 @@ from torch import nn
 from posebh.datasets import DatasetSpec, default_spec, read_dataset
 from posebh.evaluate import default_protocol, ground_truth_predictions, predict
 from posebh.pipeline import load_image
-from posebh.reproduce.plots import (
+from posebh.plots import (
     Block,
     block_similarity,
     plot_keypoint_overlays,
@@ -80,7 +80,7 @@ def visualize_prototypes(
     source: str | None = None,
 ) -> list[Path]:
     """Write ``prototype_similarity.png`` (the [J, J] class similarity matrix) and
-    ``prototype_similarity.json`` (the [D, D] :func:`~posebh.reproduce.plots.block_similarity`
+    ``prototype_similarity.json`` (the [D, D] :func:`~posebh.plots.block_similarity`
     summary and each class's nearest class in another dataset) into ``out_dir``.
 
     ``model_or_prototypes``: a model with ``keypoint_prototypes`` (its blocks are read off the

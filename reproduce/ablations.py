@@ -3,12 +3,13 @@
     python reproduce/ablations.py                 # synthetic default (SynthPose, tiny models)
     python reproduce/ablations.py --data-root data --train --dry-run   # official recipes
 
-Same as `nox -s reproduce_ablations -- ...`; --help explains the variants.
+Same as `posebh reproduce ablations` and `nox -s reproduce_ablations -- ...`; --help explains
+the variants.
 """
 
 import sys
 
-from posebh.reproduce.ablations import main
+from posebh.cli import main
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
+    sys.exit(main(["reproduce", "ablations", *sys.argv[1:]], prog="reproduce/ablations.py"))

@@ -8,7 +8,7 @@ Same as `posebh reproduce table1` and `nox -s reproduce_table1 -- ...`; --help l
 
 import sys
 
-from posebh.reproduce.cli import main
+from posebh.cli import main
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:], table="table1"))
+    sys.exit(main(["reproduce", "table1", *sys.argv[1:]], prog="reproduce/table1.py"))

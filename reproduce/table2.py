@@ -8,7 +8,7 @@ Same as `posebh reproduce table2` and `nox -s reproduce_table2 -- ...`; --help l
 
 import sys
 
-from posebh.reproduce.cli import main
+from posebh.cli import main
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:], table="table2"))
+    sys.exit(main(["reproduce", "table2", *sys.argv[1:]], prog="reproduce/table2.py"))

@@ -8,7 +8,7 @@ Same as `posebh reproduce table3` and `nox -s reproduce_table3 -- ...`; --help l
 
 import sys
 
-from posebh.reproduce.cli import main
+from posebh.cli import main
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:], table="table3"))
+    sys.exit(main(["reproduce", "table3", *sys.argv[1:]], prog="reproduce/table3.py"))

@@ -8,7 +8,7 @@ Same as `posebh reproduce table5` and `nox -s reproduce_table5 -- ...`; --help l
 
 import sys
 
-from posebh.reproduce.cli import main
+from posebh.cli import main
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:], table="table5"))
+    sys.exit(main(["reproduce", "table5", *sys.argv[1:]], prog="reproduce/table5.py"))

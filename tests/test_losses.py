@@ -18,11 +18,8 @@ from posebh.prototypes import KeypointPrototypes
 
 
 @pytest.fixture(scope="module")
-def golden(golden_dir: Path) -> dict:
-    path = golden_dir / "suite" / "losses.pt"
-    if not path.is_file():
-        pytest.skip(f"{path} not found")
-    return torch.load(path, weights_only=True)
+def golden(golden_dir: Path, shared_file) -> dict:
+    return torch.load(shared_file(golden_dir / "suite" / "losses.pt"), weights_only=True)
 
 
 # --------------------------------------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""Report plots (``posebh.reproduce.plots``) and ``posebh visualize`` (``posebh.visualize``):
+"""Report plots (``posebh.plots``) and ``posebh visualize`` (``posebh.visualize``):
 the similarity arithmetic against plain loops, the PNGs, the synthetic-world warning, the
 skeleton links, and the command end to end on a SynthPose world with a tiny checkpoint."""
 
@@ -17,7 +17,7 @@ from PIL import Image
 from posebh.checkpoint import TRAIN_CHECKPOINT_FORMAT, load_model, to_official
 from posebh.cli import main
 from posebh.models import build_model
-from posebh.reproduce.plots import (
+from posebh.plots import (
     SYNTHETIC_WARNING,
     _figure_expected_vs_measured,
     block_similarity,

@@ -14,11 +14,11 @@ import torch
 
 from posebh import ops
 from posebh.checkpoint import load_model, split_official, to_official
+from posebh.cli import main as cli_main
 from posebh.datasets import default_spec
 from posebh.evaluate import default_protocol, evaluate
 from posebh.models import build_model
-from posebh.reproduce import regression
-from posebh.reproduce.cli import main as reproduce_main
+from posebh.reproduce import regression, synthetic
 from posebh.reproduce.harness import RunContext, evaluate_table
 from posebh.reproduce.tables import TABLE_NAMES, TableError, load_table, read_metric
 
@@ -60,6 +60,17 @@ def test_every_table_loads_with_known_datasets() -> None:
             assert row.tolerance > 0
             for values in row.expected.values():
                 assert len(values) <= len(row.metrics)
+
+
+def test_malformed_table_toml_names_the_file_line_and_fix(tmp_path: Path) -> None:
+    bad = tmp_path / "broken.toml"
+    bad.write_text('name = "x"\ntitle "t"\nsource = "s"\n')
+    with pytest.raises(TableError) as err:
+        load_table(bad)
+    text = str(err.value)
+    assert str(bad) in text and "not valid TOML" in text
+    assert "line 2" in text and "'title \"t\"'" in text  # the line, and its field
+    assert "key = value" in text and "table1.toml" in text  # how to mend it
 
 
 def test_bad_table_names_the_field(tmp_path: Path) -> None:
@@ -151,10 +162,10 @@ def fixture_weights(tmp_path_factory) -> Path:
 @pytest.mark.slow
 def test_real_mode_on_fixtures(fixture_root: Path, fixture_weights: Path, tmp_path: Path) -> None:
     out = tmp_path / "run"
-    status = reproduce_main(
-        ["--data-root", str(fixture_root), "--weights", str(fixture_weights), "--out", str(out),
-         "--no-progress", "--models", "vitpose_plus_b,posebh_b,posebh_h"],
-        table="table1",
+    status = cli_main(
+        ["reproduce", "table1", "--data-root", str(fixture_root), "--weights",
+         str(fixture_weights), "--out", str(out), "--no-progress", "--models",
+         "vitpose_plus_b,posebh_b,posebh_h"],
     )  # fmt: skip
     report = json.loads((out / "results.json").read_text())
     cells = {(c["dataset"], c["metric"], c["model"]): c for c in report["cells"]}
@@ -240,10 +251,10 @@ def test_real_mode_test_dev_writes_submission(
     fixture_root: Path, fixture_weights: Path, tmp_path: Path
 ) -> None:
     out = tmp_path / "run"
-    reproduce_main(
-        ["--data-root", str(fixture_root), "--weights", str(fixture_weights), "--out", str(out),
-         "--no-progress", "--no-plots", "--models", "posebh_b"],
-        table="table3",
+    cli_main(
+        ["reproduce", "table3", "--data-root", str(fixture_root), "--weights",
+         str(fixture_weights), "--out", str(out), "--no-progress", "--no-plots", "--models",
+         "posebh_b"],
     )  # fmt: skip
     report = json.loads((out / "results.json").read_text())
     cells = {(c["dataset"], c["metric"]): c for c in report["cells"]}
@@ -257,17 +268,17 @@ def test_real_mode_test_dev_writes_submission(
 
 
 def test_cli_errors_are_explained(capsys) -> None:
-    assert reproduce_main(["--weights", "w"], table="table1") == 2
+    assert cli_main(["reproduce", "table1", "--weights", "w"]) == 2
     assert "needs both --data-root and --weights" in capsys.readouterr().err
-    assert reproduce_main(["--models", "nope"], table="table1") == 2
+    assert cli_main(["reproduce", "table1", "--models", "nope"]) == 2
     assert "not columns of table1" in capsys.readouterr().err
 
 
 def test_train_mode_dry_run_prints_the_official_recipes(capsys, tmp_path: Path) -> None:
-    status = reproduce_main(
-        ["--data-root", "data", "--train", "--dry-run", "--gpus", "8", "--out", str(tmp_path)],
-        table="table1",
-    )
+    status = cli_main(
+        ["reproduce", "table1", "--data-root", "data", "--train", "--dry-run", "--gpus", "8",
+         "--out", str(tmp_path)],
+    )  # fmt: skip
     out = capsys.readouterr().out
     assert status == 0
     lines = [line for line in out.splitlines() if line.startswith("$ torchrun")]
@@ -381,7 +392,7 @@ def test_compare_reports_moved_and_missing_metrics() -> None:
 def test_shortened_schedule_keeps_proportions() -> None:
     from posebh.training import get_preset
 
-    cfg = regression.shortened(get_preset("posebh_tiny_synth"), 80)
+    cfg = synthetic.shortened(get_preset("posebh_tiny_synth"), 80)
     assert cfg.length == 80
     assert sorted({e.at for e in cfg.events}) == [0, 40, 72]
     assert cfg.optim.milestones == (40, 72)
@@ -394,16 +405,90 @@ def test_committed_baselines_match_the_config(section: str) -> None:
     saved = json.loads((regression.default_baseline_dir() / f"{section}.json").read_text())
     config = dataclasses.asdict(regression.RegressionConfig())
     assert saved["config"] == config
-    assert saved["tolerance"] == config[f"{section}_tolerance"]
+    if section == "protocol":
+        assert saved["tolerance"] == config["protocol_tolerance"]
+        keys = set(saved["metrics"])
+    else:  # one tolerance per checked metric; every other metric named with its reason
+        assert set(saved["tolerance"]) == set(saved["metrics"])
+        assert not set(saved["metrics"]) & set(saved["not_checked"])
+        keys = set(saved["metrics"]) | set(saved["not_checked"])
     splits = regression.PROTOCOL_SPLITS if section == "protocol" else regression.TRAINING_SPLITS
-    datasets = {regression._key_dataset(k) for k in saved["metrics"]}
+    datasets = {regression._key_dataset(k) for k in keys}
     assert datasets == {d for d, _ in splits}
+
+
+def _training_baseline() -> dict:
+    return json.loads((regression.default_baseline_dir() / "training.json").read_text())
+
+
+def test_training_tolerances_follow_from_the_measured_spread() -> None:
+    """Each checked metric's tolerance is the stated multiple of its spread over the recorded
+    runs (what legitimately varies between machines: the thread count), with a floor; every
+    other metric is named with the reason it is not checked."""
+    saved = _training_baseline()
+    source = saved["tolerance_source"]
+    runs = source["runs"]
+    assert len(runs) >= 3 and saved["metrics"], "measure the spread over several runs"
+    reference = runs[source["reference_run"]]
+    keys = set(reference)
+    assert all(set(r) == keys for r in runs.values())
+    spread = {k: max(r[k] for r in runs.values()) - min(r[k] for r in runs.values()) for k in keys}
+    assert source["spread"] == pytest.approx(spread, abs=1e-9)
+    kept, dropped = regression.derive_tolerances(
+        reference,
+        spread,
+        multiple=source["multiple"],
+        floor=source["floor"],
+        headroom=source["headroom"],
+    )
+    assert kept == saved["tolerance"]
+    assert set(dropped) == set(saved["not_checked"])
+    assert saved["metrics"] == {k: reference[k] for k in kept}
+    assert source["multiple"] >= 2 and source["headroom"] >= 2
+
+
+def test_halving_any_checked_training_metric_fails() -> None:
+    """The training section can fail: every checked metric sits well above its tolerance
+    (and the tolerance floor), and halving any one of them alone leaves its tolerance."""
+    saved = _training_baseline()
+    metrics, tolerance = saved["metrics"], saved["tolerance"]
+    assert metrics and any(k.startswith("posebh: ") for k in metrics)
+    assert any(k.startswith("vitpose_plus: ") for k in metrics)
+    floor = saved["tolerance_source"]["floor"]
+    for key, value in metrics.items():
+        assert tolerance[key] >= floor > 0
+        assert value - tolerance[key] > 0 and value >= 2.5 * tolerance[key], key
+        halved = {**metrics, key: value / 2}
+        assert [d.key for d in regression.compare(metrics, halved, tolerance)] == [key]
+    assert regression.compare(metrics, dict(metrics), tolerance) == []
+
+
+def test_regression_command_exits_1_when_a_checked_metric_halves(
+    monkeypatch, tmp_path: Path, capsys
+) -> None:
+    """Through the command line: the committed training baseline with one checked metric
+    halved (the other metrics, checked or not, as measured) exits 1 naming it."""
+    saved = _training_baseline()
+    reference = saved["tolerance_source"]["runs"][saved["tolerance_source"]["reference_run"]]
+    key = sorted(saved["metrics"])[0]
+
+    def measure(section, config, cache_dir, **kwargs):
+        assert section == "training"
+        return {**reference, key: reference[key] / 2}
+
+    monkeypatch.setattr(regression, "measure", measure)
+    argv = ["regression", "--sections", "training", "--out", str(tmp_path)]
+    assert cli_main(argv) == 1
+    out = capsys.readouterr()
+    assert "1 of " in out.out and key in out.out and "--refresh" in out.err
+    monkeypatch.setattr(regression, "measure", lambda *a, **k: dict(reference))
+    assert cli_main(argv) == 0
 
 
 def test_training_baseline_catches_a_trainer_that_stops_learning() -> None:
     """A model that learned nothing scores ≈ 0 everywhere: the committed training baseline
     must have metrics far enough above 0 that such a run fails, for both models."""
-    saved = json.loads((regression.default_baseline_dir() / "training.json").read_text())
+    saved = _training_baseline()
     dead = {k: 0.0 for k in saved["metrics"]}
     failing = {d.key for d in regression.compare(saved["metrics"], dead, saved["tolerance"])}
     assert any(k.startswith("vitpose_plus: ") for k in failing), failing
@@ -432,7 +517,7 @@ def test_protocol_regression_fails_with_a_broken_decode(
             return real(*args, **kwargs)
 
         monkeypatch.setattr(ops, "decode_heatmaps", decode_with_swapped_transform)
-    ok, report = regression.run_regression(
+    ok, report = regression.check(
         ["protocol"],
         cache_dir=regression_cache,
         out_dir=tmp_path,
@@ -460,7 +545,7 @@ def test_synthetic_default_end_to_end(tmp_path: Path) -> None:
     cache, out = tmp_path / "cache", tmp_path / "run"
     args = ["--world", "tiny", "--train-steps", "3", "--cache-dir", str(cache), "--out",
             str(out), "--no-progress"]  # fmt: skip
-    assert reproduce_main(args, table="table5") == 0
+    assert cli_main(["reproduce", "table5", *args]) == 0
     report = json.loads((out / "results.json").read_text())
     assert report["mode"] == "synthetic" and report["comparable_with_published"] is False
     cells = {(c["metric"], c["model"]): c for c in report["cells"]}
@@ -480,8 +565,8 @@ def test_synthetic_default_end_to_end(tmp_path: Path) -> None:
     assert (out / "plots" / "posebh_b_paper" / "overlays_pw3d.png").is_file()
     # A second run reuses every cached model (no training: the runs' files are unchanged).
     stamps = {n: Path(r["model"]).stat().st_mtime_ns for n, r in runs.items()}
-    assert reproduce_main([*args[:-3], "--out", str(tmp_path / "again"), "--no-progress",
-                           "--no-plots"], table="table5") == 0  # fmt: skip
+    assert cli_main(["reproduce", "table5", *args[:-3], "--out", str(tmp_path / "again"),
+                     "--no-progress", "--no-plots"]) == 0  # fmt: skip
     assert stamps == {n: Path(r["model"]).stat().st_mtime_ns for n, r in runs.items()}
 
 
@@ -529,13 +614,11 @@ def test_ablation_report_renders_the_cross_type_summary_as_a_table() -> None:
 
 
 def test_ablations_end_to_end(tmp_path: Path) -> None:
-    from posebh.reproduce.ablations import main as ablations_main
-
     out = tmp_path / "abl"
-    status = ablations_main(
-        ["--world", "tiny", "--steps", "4", "--baseline-steps", "3", "--only", "baseline,m1",
-         "--cache-dir",
-         str(tmp_path / "cache"), "--out", str(out), "--no-progress", "--no-cross-type"]
+    status = cli_main(
+        ["reproduce", "ablations", "--world", "tiny", "--steps", "4", "--baseline-steps", "3",
+         "--only", "baseline,m1", "--cache-dir", str(tmp_path / "cache"), "--out", str(out),
+         "--no-progress", "--no-cross-type"]
     )  # fmt: skip
     assert status == 0
     report = json.loads((out / "results.json").read_text())

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import time
 from pathlib import Path
 
 import numpy as np
@@ -224,12 +223,12 @@ def test_refuses_to_overwrite_a_real_data_tree(tmp_path: Path) -> None:
     assert m.counts["ap10k"]["train"]["instances"] > 0
 
 
-def test_cache_hit_is_fast_and_touches_nothing(synth: tuple[Path, Manifest]) -> None:
+def test_cache_hit_touches_nothing(synth: tuple[Path, Manifest]) -> None:
+    """A second generation of the same preset and seed is a cache hit: the same manifest,
+    no file rewritten (how fast it returns: benchmarks/test_bench_synth.py)."""
     out, m = synth
     stamps = {rel: (out / rel).stat().st_mtime_ns for rel in m.files}
-    t0 = time.perf_counter()
     again = generate(out, "tiny", seed=0, progress=False)
-    assert time.perf_counter() - t0 < 1.0
     assert again.cached and again.files == m.files
     assert stamps == {rel: (out / rel).stat().st_mtime_ns for rel in m.files}
     manifest = json.loads((out / "synthpose" / "manifest.json").read_text())

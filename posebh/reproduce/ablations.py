@@ -21,12 +21,9 @@ keypoints on the other datasets' images — what CSS is meant to improve).
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
-import datetime as _dt
 import json
 import shlex
-import subprocess
 import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -35,8 +32,10 @@ from pathlib import Path
 from typing import Any
 
 from posebh.reproduce.regression import TRAINING_SPLITS
+from posebh.reproduce.releases import torchrun_command
+from posebh.reproduce.synthetic import shortened
 
-__all__ = ["VARIANTS", "Variant", "main", "run_ablations", "variant_config"]
+__all__ = ["VARIANTS", "Variant", "run_ablations", "train_plan", "variant_config"]
 
 #: (dataset, split) evaluated per variant: table 1's rows (GT boxes), as the regression.
 ABLATION_SPLITS = TRAINING_SPLITS
@@ -67,8 +66,6 @@ VARIANTS: tuple[Variant, ...] = (
 
 def variant_config(variant: Variant, base_config, steps: int | None = None):
     """The PoseBH recipe ``base_config`` changed as ``variant`` says (``steps``: compressed)."""
-    from posebh.reproduce.regression import shortened
-
     config = base_config
     if steps is not None and steps != config.length:
         config = shortened(config, steps)
@@ -136,7 +133,8 @@ def run_ablations(
     """Train (or reuse) every variant on SynthPose, evaluate, and write the report.
 
     ``steps``: the PoseBH stage of each variant; ``baseline_steps``: the shared multi-head
-    baseline (``None``: the full tiny recipe, the same cached model as the tables use)."""
+    baseline (``None``: the full tiny recipe, the same cached model as the tables use);
+    ``only``: variant ids (:data:`VARIANTS`)."""
     from posebh.reproduce.harness import provenance
     from posebh.reproduce.synthetic import (
         default_cache_dir,
@@ -145,13 +143,14 @@ def run_ablations(
         run_config,
     )
 
+    unknown = [o for o in only or [] if o not in {v.id for v in VARIANTS}]
+    if unknown:
+        raise ValueError(f"unknown variants {unknown}; {[v.id for v in VARIANTS]}")
     start = time.perf_counter()
     cache_dir = Path(cache_dir or default_cache_dir())
     world, _ = ensure_world(cache_dir, world_preset, seed, progress)
     base_config = run_config("vitpose_plus", seed)
     if baseline_steps is not None:
-        from posebh.reproduce.regression import shortened
-
         base_config = shortened(base_config, baseline_steps)
     base = ensure_run(
         "vitpose_plus", world, cache_dir, config=base_config, progress=progress, log=log
@@ -306,8 +305,9 @@ def _plot(report: Mapping[str, Any], path: Path) -> Path:
     return path
 
 
-def _train_plan(args: argparse.Namespace) -> list[list[str]]:
-    """The official-recipe variants for a GPU cluster (``--train``)."""
+def train_plan(data_root: Path, out: Path, init: Path, gpus: int) -> list[list[str]]:
+    """The official-recipe variants for a GPU cluster (``--train``): torchrun commands, each
+    continuing ``init`` with ``posebh_vit_base`` changed as its variant says."""
     from posebh.training import get_preset
 
     base = get_preset("posebh_vit_base")
@@ -315,91 +315,15 @@ def _train_plan(args: argparse.Namespace) -> list[list[str]]:
     for v in VARIANTS:
         if v.baseline:
             continue
-        cmd = [
-            "torchrun", f"--nproc_per_node={args.gpus}", "-m", "posebh.train",
-            "--preset", "posebh_vit_base", "--data-root", str(args.data_root),
-            "--work-dir", str(args.out / "work" / v.id), "--init", str(args.init),
-        ]  # fmt: skip
+        sets = []
         if v.drop_actions:
             kept = [f"{e.at}:{e.action}:{e.target}".rstrip(":") for e in base.events
                     if e.action not in v.drop_actions]  # fmt: skip
-            cmd += ["--set", "events=" + json.dumps(kept)]
-        for k, val in v.model.items():
-            cmd += ["--set", f"model.{k}={json.dumps(val)}"]
-        plan.append(cmd)
-    return plan
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    p = argparse.ArgumentParser(
-        prog="reproduce/ablations.py",
-        description="PoseBH ablations: components, M, compat (synthetic default).",
-        epilog=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    p.add_argument("--out", type=Path, default=None)
-    p.add_argument("--cache-dir", type=Path, default=None)
-    p.add_argument("--world", default="mini")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--steps", type=int, default=200, help="PoseBH-stage steps per variant")
-    p.add_argument(
-        "--baseline-steps", type=int, default=None, help="multi-head baseline steps (full)"
-    )
-    p.add_argument("--only", default=None, help="comma-separated variant ids")
-    p.add_argument("--no-cross-type", action="store_true")
-    p.add_argument("--no-progress", action="store_true")
-    p.add_argument("--data-root", type=Path, default=None, help="--train: official data/")
-    p.add_argument("--weights", type=Path, default=None, help=argparse.SUPPRESS)
-    p.add_argument("--train", action="store_true")
-    p.add_argument("--init", type=Path, default=Path("weights/vitpose+_base.pth"))
-    p.add_argument("--gpus", type=int, default=8)
-    p.add_argument("--dry-run", action="store_true")
-    args = p.parse_args(argv)
-    stamp = _dt.datetime.now(_dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
-    if args.weights is not None:
-        print(
-            "reproduce/ablations.py: error: no ablation checkpoints are released; use "
-            "--data-root D --train (GPU cluster) or the synthetic default",
-            file=sys.stderr,
+            sets.append("events=" + json.dumps(kept))
+        sets += [f"model.{k}={json.dumps(val)}" for k, val in v.model.items()]
+        plan.append(
+            torchrun_command(
+                "posebh_vit_base", data_root, out / "work" / v.id, gpus, init=init, sets=sets
+            )
         )
-        return 2
-    if args.train:
-        if args.data_root is None:
-            print("reproduce/ablations.py: error: --train needs --data-root", file=sys.stderr)
-            return 2
-        args.out = args.out or Path("results") / "ablations" / f"train-{stamp}"
-        plan = _train_plan(args)
-        for cmd in plan:
-            print("$ " + shlex.join(cmd))
-        if not args.dry_run:
-            for cmd in plan:
-                subprocess.run(cmd, check=True)
-        return 0
-    only = [s.strip() for s in args.only.split(",")] if args.only else None
-    unknown = [o for o in only or [] if o not in {v.id for v in VARIANTS}]
-    if unknown:
-        ids = [v.id for v in VARIANTS]
-        print(f"reproduce/ablations.py: error: unknown variants {unknown}; {ids}", file=sys.stderr)
-        return 2
-    out = args.out or Path("results") / "ablations" / f"synthetic-{stamp}"
-    report = run_ablations(
-        out,
-        cache_dir=args.cache_dir,
-        world_preset=args.world,
-        seed=args.seed,
-        steps=args.steps,
-        baseline_steps=args.baseline_steps,
-        only=only,
-        cross_type=not args.no_cross_type,
-        progress=not args.no_progress,
-    )
-    from posebh.reproduce.cli import link_latest
-
-    link_latest(out)
-    print(markdown(report))
-    print(f"wrote {out}/results.md, results.json, ablations.png ({report['wall_time_s']} s)")
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())
+    return plan

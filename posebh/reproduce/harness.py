@@ -607,7 +607,7 @@ def write_run(
 
 def _plots(run: TableRun, out: Path) -> dict[str, Path]:
     try:
-        from posebh.reproduce import plots
+        from posebh import plots
     except ImportError:  # matplotlib missing: the report stays complete without pictures
         return {}
     cells = [

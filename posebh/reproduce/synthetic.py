@@ -12,7 +12,8 @@ release file                  tiny recipe (``posebh.training`` preset)   starts 
 ``*_pw3d.pth``                 ``{vitpose_plus,posebh}_pw3d_…``           its multi-dataset model
 ============================  =======================================  =================
 
-The huge columns have no stand-in (one tiny size exists); their cells say so.  Training runs
+(:data:`posebh.reproduce.releases.RELEASES` holds the map.)  The huge columns have no
+stand-in (one tiny size exists); their cells say so.  Training runs
 are cached under ``cache_dir/runs/<name>-<key>`` where the key hashes the recipe, the world's
 manifest, the starting weights and the posebh version; a finished run is reused, an
 interrupted one resumed.
@@ -31,6 +32,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from posebh.reproduce.releases import standins
+
 __all__ = [
     "RUNS",
     "STANDINS",
@@ -39,6 +42,7 @@ __all__ = [
     "ensure_run",
     "ensure_world",
     "prepare",
+    "shortened",
 ]
 
 #: The cache folder when neither ``--cache-dir`` nor ``POSEBH_CACHE`` says otherwise.
@@ -65,14 +69,7 @@ RUNS: dict[str, RunPlan] = {
 }
 
 #: Release file name → the run whose model stands in for it.
-STANDINS: dict[str, str] = {
-    "vitpose+_base.pth": "vitpose_plus",
-    "posebh_base.pth": "posebh",
-    "vitpose+_base_interhand2d.pth": "vitpose_plus_interhand2d",
-    "posebh_base_interhand2d.pth": "posebh_interhand2d",
-    "vitpose+_base_pw3d.pth": "vitpose_plus_pw3d",
-    "posebh_base_pw3d.pth": "posebh_pw3d",
-}
+STANDINS: dict[str, str] = standins()
 
 
 def default_cache_dir() -> Path:
@@ -119,6 +116,26 @@ def run_config(name: str, seed: int = 0, extra: Sequence[tuple[str, Any]] = ()):
     if items:
         config = apply_overrides(config, items)
     return dataclasses.replace(config, seed=seed, eval_at_end=False, eval_every=-1)
+
+
+def shortened(config, length: int):
+    """``config`` compressed to ``length`` steps: events, lr milestones and warm-up scale."""
+    f = length / config.length
+    events = tuple(dataclasses.replace(e, at=min(length, round(e.at * f))) for e in config.events)
+    optim = dataclasses.replace(
+        config.optim,
+        milestones=tuple(max(1, round(m * f)) for m in config.optim.milestones),
+        warmup_iters=max(1, round(config.optim.warmup_iters * f)),
+    )
+    return dataclasses.replace(
+        config,
+        length=length,
+        events=events,
+        optim=optim,
+        ckpt_every=length,
+        keep_every=0,
+        log_every=max(1, length // 5),
+    )
 
 
 def ensure_run(
@@ -252,8 +269,6 @@ def prepare(
         init = models.get(RUNS[name].init) if RUNS[name].init else None
         config = run_config(name, seed)
         if train_steps is not None:
-            from posebh.reproduce.regression import shortened
-
             config = shortened(config, train_steps)
         models[name] = ensure_run(
             name, world, cache_dir, seed=seed, init=init, config=config, progress=progress,

@@ -9,6 +9,7 @@ A missing expected value (the README's "–") is ``None`` here, never a zero.
 
 from __future__ import annotations
 
+import re
 import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -199,8 +200,21 @@ def load_table(name_or_path: str | Path) -> Table:
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as err:
-        raise TableError(f"{where}: not valid TOML ({err})") from None
+        raise TableError(_toml_error(where, text, err)) from None
     return _parse(data, where)
+
+
+def _toml_error(where: str, text: str, err: Exception) -> str:
+    """Where the TOML breaks (file, line and its text), and how to mend it."""
+    found = re.search(r"line (\d+)", str(err))
+    line = int(found.group(1)) if found else None
+    lines = text.splitlines()
+    shown = f": {lines[line - 1].strip()!r}" if line and line <= len(lines) else ""
+    return (
+        f"{where}: not valid TOML ({err}){shown}; fix that line (key = value, strings in "
+        "double quotes, [[models]] / [[rows]] headers; posebh/reproduce/tables/table1.toml "
+        "is a complete example)"
+    )
 
 
 def read_metric(metrics: Mapping[str, Any], name: str, part: str | None = None) -> float | None:

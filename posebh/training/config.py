@@ -15,10 +15,13 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import types
+import typing
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from posebh.keyvalue import KeyValueError, parse_pairs
 from posebh.protocol import TRAINING_DATASETS
 
 __all__ = [
@@ -528,35 +531,17 @@ def get_preset(name: str) -> TrainConfig:
 # ------------------------------------------------------------------------------------------
 
 
-def _parse_value(text: str) -> Any:
-    try:
-        value = json.loads(text)
-    except json.JSONDecodeError:
-        return text
-    return _tuplify(value)
-
-
-def _tuplify(value: Any) -> Any:
-    if isinstance(value, list):
-        return tuple(_tuplify(v) for v in value)
-    if isinstance(value, dict):
-        return {k: _tuplify(v) for k, v in value.items()}
-    return value
-
-
 def apply_overrides(config: TrainConfig, items: Sequence[str] | Mapping[str, Any]) -> TrainConfig:
     """Replace fields: ``"batch_size=8"``, ``"optim.lr=1e-4"``, ``"data.ratios=[1,2]"``,
     ``"model.depth=2"`` (a model override), ``"events=[]"``.  Values are JSON where they parse
     (lists become tuples), else strings."""
-    pairs: list[tuple[str, Any]] = []
     if isinstance(items, Mapping):
         pairs = list(items.items())
     else:
-        for item in items:
-            key, sep, value = item.partition("=")
-            if not sep:
-                raise TrainConfigError(f"--set takes key=value, got {item!r}")
-            pairs.append((key.strip(), _parse_value(value.strip())))
+        try:
+            pairs = parse_pairs(items, flag="--set", example="optim.lr=5e-4")
+        except KeyValueError as err:
+            raise TrainConfigError(str(err)) from None
     # Collect everything first and replace once: the validation in __post_init__ must see
     # the final combination (e.g. a shorter length together with earlier events).
     top: dict[str, Any] = {}
@@ -571,9 +556,14 @@ def apply_overrides(config: TrainConfig, items: Sequence[str] | Mapping[str, Any
             known = {f.name for f in dataclasses.fields(_SECTIONS[head])}
             if rest not in known:
                 raise TrainConfigError(f"unknown field {key!r}; {head}.* fields: {sorted(known)}")
+            _check_type(key, value, _SECTIONS[head], rest, getattr(config, head))
             sections.setdefault(head, {})[rest] = value
         elif key in names and key not in _SECTIONS:
-            top[key] = tuple(_event(v) for v in value) if key == "events" else value
+            if key == "events":
+                top[key] = tuple(_event(v) for v in value)
+            else:
+                _check_type(key, value, TrainConfig, key, config)
+                top[key] = value
         else:
             raise TrainConfigError(
                 f"unknown field {key!r}; fields: {sorted(names - set(_SECTIONS))}, "
@@ -590,6 +580,72 @@ def apply_overrides(config: TrainConfig, items: Sequence[str] | Mapping[str, Any
 
 
 _SECTIONS = {"data": DataConfig, "optim": OptimConfig, "loss": LossConfig}
+
+
+def _check_type(key: str, value: Any, cls: type, name: str, current: Any) -> None:
+    """Refuse a value of the wrong type before it reaches a run (``--set optim.lr=abc``
+    would otherwise fail deep inside the optimizer, or not at all)."""
+    expected = typing.get_type_hints(cls)[name]
+    if _matches(value, expected):
+        return
+    example = json.dumps(_jsonable(getattr(current, name)))
+    shown = value if isinstance(value, str) else json.dumps(_jsonable(value))
+    raise TrainConfigError(
+        f"--set {key}={shown}: {key} expects {_type_name(expected)}, "
+        f"got {_describe(value)}; e.g. --set {key}={example} (the recipe's value)"
+    )
+
+
+def _matches(value: Any, expected: Any) -> bool:
+    origin, args = typing.get_origin(expected), typing.get_args(expected)
+    if expected is Any:
+        return True
+    if origin in (typing.Union, types.UnionType):
+        return any(_matches(value, a) for a in args)
+    if expected is type(None):
+        return value is None
+    if expected is bool:
+        return isinstance(value, bool)
+    if expected is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if expected is float:  # an integer is a fine float (lr=1); a bool is not
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if expected is str:
+        return isinstance(value, str)
+    if origin is tuple:
+        if not isinstance(value, tuple):
+            return False
+        if len(args) == 2 and args[1] is Ellipsis:
+            return all(_matches(v, args[0]) for v in value)
+        return len(value) == len(args) and all(
+            _matches(v, a) for v, a in zip(value, args, strict=True)
+        )
+    if origin is not None and isinstance(origin, type) and issubclass(origin, Mapping):
+        return isinstance(value, Mapping)
+    return True  # a type this check does not model: leave it to the dataclass
+
+
+def _type_name(expected: Any, plural: bool = False) -> str:
+    origin, args = typing.get_origin(expected), typing.get_args(expected)
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join(_type_name(a, plural) for a in args)
+    if expected is type(None):
+        return "null"
+    if origin is tuple:
+        if len(args) == 2 and args[1] is Ellipsis:
+            return f"a list of {_type_name(args[0], plural=True)}"
+        return f"a list of {len(args)} {_type_name(args[0], plural=True)}"
+    if origin is not None and isinstance(origin, type) and issubclass(origin, Mapping):
+        return "a JSON object"
+    one = {int: "an integer", float: "a number", bool: "true or false", str: "a string"}
+    many = {int: "integers", float: "numbers", bool: "booleans", str: "strings"}
+    return (many if plural else one).get(expected, getattr(expected, "__name__", str(expected)))
+
+
+def _describe(value: Any) -> str:
+    if isinstance(value, str):
+        return f"the text {value!r}"
+    return json.dumps(_jsonable(value))
 
 
 def _event(v: Any) -> Event:

@@ -1,5 +1,5 @@
-"""Report plots of the reproduction harness: expected vs measured values, the cross-dataset
-keypoint-prototype similarity matrix, keypoint overlays.
+"""Plots of posebh's reports (the reproduction harness, ``posebh visualize``): expected vs
+measured values, the cross-dataset keypoint-prototype similarity matrix, keypoint overlays.
 
 Shape vocabulary: N instances in an image, K keypoints of a skeleton, J keypoint classes over
 all training datasets (214 for the six PoseBH datasets), M prototypes per class, F embedding
