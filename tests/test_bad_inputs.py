@@ -29,7 +29,12 @@ from posebh.datasets import (
 )
 from posebh.datasets.base import as_floats
 from posebh.datasets.mpii import load_mpii_gt
-from posebh.evaluate import evaluate
+from posebh.evaluate import (
+    compute_metrics,
+    default_protocol,
+    evaluate,
+    ground_truth_predictions,
+)
 from posebh.evaluation import oks_eval, pckh
 from posebh.evaluation.mpii import MPII_MAT_JOINTS
 from posebh.pipeline import TopDownDataset, load_image, per_dataset_pipeline
@@ -272,6 +277,25 @@ def test_empty_result_list_is_refused(
     res = _write(tmp_path / "res.json", [])
     with pytest.raises(ValueError, match=r"res\.json: the results list is empty"):
         oks_eval(fixtures_dir / "coco" / "test_coco.json", res, sigmas="coco")
+
+
+def test_compute_metrics_needs_one_prediction_per_instance(fixtures_dir: Path) -> None:
+    mpii = fixtures_dir / "mpii"
+    instances, _ = read_mpii(mpii / "test_mpii.json", mpii)
+    spec = DatasetSpec("mpii", str(mpii / "test_mpii.json"), str(mpii))
+    coco = fixtures_dir / "coco"
+    coco_instances, _ = read_coco(coco / "test_coco.json", coco)
+    coco_spec = DatasetSpec("coco", str(coco / "test_coco.json"), str(coco))
+    cases = [
+        ([], instances, spec, "0 predictions for 5"),
+        (ground_truth_predictions(instances)[:4], instances, spec, "4 predictions for 5"),
+        ([], coco_instances, coco_spec, f"0 predictions for {len(coco_instances)}"),
+    ]
+    for predictions, insts, sp, counts in cases:
+        with pytest.raises(ValueError) as e:
+            compute_metrics(predictions, insts, sp, default_protocol(sp.name))
+        assert Path(sp.ann_file).name in str(e.value) and counts in str(e.value)
+        assert "Fix" in str(e.value)
 
 
 # --------------------------------------------------------------------------------------------
