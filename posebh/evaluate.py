@@ -373,6 +373,14 @@ def compute_metrics(
     """
     record = get_protocol(protocol.dataset)
     skeleton = record.skeleton
+    if not predictions or (
+        protocol.metric not in ("oks", "wholebody") and len(predictions) != len(instances)
+    ):
+        # PCKh / PCK pair the i-th prediction with the i-th instance.
+        raise ValueError(
+            f"{spec.ann_file}: {len(predictions)} predictions for {len(instances)} instances. "
+            "Fix: predict every instance read from the file (predict() gives one per instance)."
+        )
     if protocol.metric in ("oks", "wholebody"):
         per_image: dict[Any, list[dict[str, Any]]] = defaultdict(list)
         for p in predictions:

@@ -330,6 +330,20 @@ def warp_affine(
     return out[..., 0] if squeeze else out
 
 
+def _check_crop_box(center: np.ndarray, scale: np.ndarray) -> None:
+    """``ValueError`` unless ``center`` is finite and ``scale`` finite and > 0 (two checks on
+    two numbers each: an empty or NaN box would give a division by zero, a singular matrix or,
+    for a negative scale, a silently mirrored crop)."""
+    if np.isfinite(center).all() and np.isfinite(scale).all() and (scale > 0).all():
+        return
+    raise ValueError(
+        f"crop box center {center.tolist()} / scale {scale.tolist()} (w, h in units of 200 px) "
+        "is not finite with a positive scale: the box has zero, negative or NaN size. Fix: "
+        "repair or drop the annotation or detection box it comes from (for a training "
+        "half-body box: the instance's visible joints coincide)."
+    )
+
+
 def top_down_affine(
     image: np.ndarray,
     joints: np.ndarray,
@@ -349,6 +363,7 @@ def top_down_affine(
     """
     size = np.asarray(image_size, dtype=np.float64)
     c, s = np.asarray(center), np.asarray(scale)
+    _check_crop_box(c, s)
     if use_udp:
         matrix = get_warp_matrix(rotation, c * 2.0, size - 1.0, s * 200.0)
     else:

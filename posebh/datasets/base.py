@@ -197,6 +197,11 @@ def load_json(path: str | os.PathLike[str], what: str) -> Any:
             f"{what} file not found: {p}. Fix: check the dataset root and the relative path "
             "(see posebh.datasets.default_spec for the official layout)."
         )
+    if p.stat().st_size == 0:
+        raise DatasetError(
+            f"{what} file {p} is empty (0 bytes). Fix: the download or copy was interrupted; "
+            "download or regenerate it."
+        )
     try:
         with p.open("rb") as f:
             return json.load(f)
@@ -277,7 +282,10 @@ def require(record: Mapping[str, Any], key: str, where: str, source: str | Path)
 def as_floats(
     value: Any, n: int | None, field_name: str, where: str, source: str | Path
 ) -> np.ndarray:
-    """``value`` as a float64 array (flattened); ``DatasetError`` if not numeric or not n long."""
+    """``value`` as a float64 array (flattened); ``DatasetError`` if not numeric, not n long or
+    not finite (Python's ``json`` reads ``NaN`` / ``Infinity``, which strict JSON lacks; a NaN
+    coordinate or box turns every crop, target and metric built from it into garbage).
+    """
     try:
         arr = np.asarray(value, dtype=np.float64).reshape(-1)
     except (TypeError, ValueError):
@@ -289,5 +297,12 @@ def as_floats(
         raise DatasetError(
             f"{source}: {where} field '{field_name}' has {arr.size} values, expected {n}. "
             "Fix: repair or regenerate the annotation file."
+        )
+    if not np.isfinite(arr).all():
+        j = int(np.flatnonzero(~np.isfinite(arr))[0])
+        raise DatasetError(
+            f"{source}: {where} field '{field_name}' has a non-finite value ({arr[j]}) at "
+            f"position {j}. Fix: repair or regenerate the file; drop the record if the value "
+            "is unknown."
         )
     return arr

@@ -103,6 +103,16 @@ def _index_images(data: Any, source: Path) -> tuple[dict[Any, dict[str, Any]], l
     return by_id, order
 
 
+def _note_if_empty(summary: ReadSummary, num_images: int, num_anns: int) -> None:
+    """A file without images or annotations is a valid empty set; say so in the summary."""
+    for n, key in ((num_images, "images"), (num_anns, "annotations")):
+        if n == 0:
+            summary.notes.append(
+                f"the file's '{key}' list is empty: no instances to train on or evaluate "
+                "(Fix: check that this is the intended annotation file)"
+            )
+
+
 def read_coco_keypoints(
     ann_file: str | os.PathLike[str],
     img_prefix: str | os.PathLike[str],
@@ -134,6 +144,7 @@ def read_coco_keypoints(
         raise DatasetError(f"{source}: field 'annotations' is not a list. Fix: use a COCO file.")
 
     summary = ReadSummary(dataset=dataset, source=str(source), unit="annotation", read=len(anns))
+    _note_if_empty(summary, len(image_order), len(anns))
     by_image: dict[Any, list[tuple[int, dict[str, Any]]]] = defaultdict(list)
     seen_ids: set[Any] = set()
     for i, ann in enumerate(anns):
@@ -323,7 +334,7 @@ def read_coco_detections(
         category_id = require(det, "category_id", where, source)
         image_id = require(det, "image_id", where, source)
         box = as_floats(require(det, "bbox", where, source), None, "bbox", where, source)
-        score = float(require(det, "score", where, source))
+        score = float(as_floats(require(det, "score", where, source), 1, "score", where, source)[0])
         if box.size < 4:
             raise DatasetError(f"{source}: {where} field 'bbox' has {box.size} < 4 values.")
         if category_id != 1:
@@ -337,6 +348,13 @@ def read_coco_detections(
         if score < det_bbox_thr:
             summary.skip(SKIP_LOW_SCORE)
             continue
+        if not (box[2] > 0 and box[3] > 0):
+            # The crop of an empty box is undefined (the official code divides by its size).
+            raise DatasetError(
+                f"{source}: {where} field 'bbox' = {box[:4].tolist()} has a width or height "
+                "<= 0. Fix: drop such boxes from the detection file (or raise det_bbox_thr "
+                f"above their score {score})."
+            )
         image_file = os.path.join(prefix, images[image_id]["file_name"])
         check(image_file, image_id, where)
         bbox = (float(box[0]), float(box[1]), float(box[2]), float(box[3]))

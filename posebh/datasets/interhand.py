@@ -136,7 +136,16 @@ def read_interhand2d(
             f"{extra_anns} annotations ignored: only each image's first annotation is used, "
             "as upstream"
         )
-    image_ids = {require(img, "id", f"images[{j}]", source) for j, img in enumerate(images)}
+    image_ids: set[Any] = set()
+    for j, img in enumerate(images):
+        img_id = require(img, "id", f"images[{j}]", source)
+        if img_id in image_ids:
+            # Both records would take the image's first annotation: the hands would count twice.
+            raise DatasetError(
+                f"{source}: images[{j}] repeats image id {img_id!r}. Fix: image ids must be "
+                "unique; use the official InterHand2.6M data file."
+            )
+        image_ids.add(img_id)
     orphans = sum(len(v) for key, v in by_image.items() if key not in image_ids)
     if orphans:
         summary.notes.append(f"{orphans} annotations refer to no image and were ignored")

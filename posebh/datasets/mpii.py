@@ -55,9 +55,16 @@ def mpii_gt_file(ann_file: str | os.PathLike[str]) -> Path:
     return folder / "mpii_gt_val.mat"
 
 
+#: The variables of ``mpii_gt_val.mat`` and their shapes, N the number of val records.
+_GT_SHAPES = {"pos_gt_src": (16, 2, None), "jnt_missing": (16, None), "headboxes_src": (2, 2, None)}
+
+
 def load_mpii_gt(gt_mat: str | os.PathLike[str]) -> dict[str, np.ndarray]:
     """Arrays of ``mpii_gt_val.mat``: ``pos_gt_src`` [16, 2, N], ``jnt_missing`` [16, N],
     ``headboxes_src`` [2, 2, N] and ``dataset_joints``. Needs scipy (``scipy.io.loadmat``).
+
+    ``DatasetError`` (naming the file, the variable and the fix) if the file is not a MATLAB
+    file, is truncated, lacks a variable or its arrays disagree on N.
     """
     path = Path(gt_mat)
     if not path.is_file():
@@ -71,17 +78,29 @@ def load_mpii_gt(gt_mat: str | os.PathLike[str]) -> dict[str, np.ndarray]:
         raise DatasetError(f"reading {path} needs scipy. Fix: pip install scipy.") from e
     try:
         mat = loadmat(str(path))
-    except Exception as e:
+    except Exception as e:  # scipy raises many types (ValueError, TypeError, OSError, ...)
         raise DatasetError(
-            f"{path} is not a readable MATLAB file ({e}). Fix: re-download it."
+            f"{path} is not a readable MATLAB file ({type(e).__name__}: {e}); it is probably "
+            "truncated or corrupt. Fix: re-download it."
         ) from e
     out = {}
     for key in ("pos_gt_src", "jnt_missing", "headboxes_src", "dataset_joints"):
         if key not in mat:
             raise DatasetError(
-                f"{path} has no variable '{key}'. Fix: use the official mpii_gt_val.mat."
+                f"{path} has no variable '{key}'. Fix: use the official mpii_gt_val.mat "
+                "(a truncated copy can also lose variables: re-download it)."
             )
         out[key] = np.asarray(mat[key])
+    n = out["pos_gt_src"].shape[-1] if out["pos_gt_src"].ndim == 3 else None
+    for key, shape in _GT_SHAPES.items():
+        want = tuple(n if d is None else d for d in shape)
+        if out[key].shape != want:
+            raise DatasetError(
+                f"{path}: variable '{key}' has shape {out[key].shape}, expected "
+                f"{tuple('N' if d is None else d for d in shape)} with the same N for "
+                f"pos_gt_src, jnt_missing and headboxes_src (pos_gt_src gives N={n}). "
+                "Fix: use the official mpii_gt_val.mat; re-download it if it was cut."
+            )
     return out
 
 
@@ -145,6 +164,12 @@ def read_mpii(
                 f"the mpii skeleton has {k}. Fix: use an MPII annotation file (16 joints)."
             )
 
+        if not raw_scale[0] > 0:
+            raise DatasetError(
+                f"{source}: {where} field 'scale' = {raw_scale[0]} is not positive: the crop "
+                "box would be empty. Fix: repair the record (scale = person height / 200) or "
+                "remove it."
+            )
         center = raw_center.astype(np.float32)
         scale = np.array([raw_scale[0], raw_scale[0]], dtype=np.float32)
         if center[0] != -1:

@@ -104,6 +104,11 @@ def _load_json(src: Any, what: str) -> tuple[Any, str]:
     """Read ``src`` if it is a path; return ``(data, name used in error messages)``."""
     if isinstance(src, (str, os.PathLike)):
         path = os.fspath(src)
+        if os.path.isfile(path) and os.path.getsize(path) == 0:
+            raise ValueError(
+                f"{path}: {what} file is empty (0 bytes). Fix: the write or download was "
+                "interrupted; regenerate or re-download it."
+            )
         try:
             with open(path, encoding="utf-8") as f:
                 return json.load(f), path
@@ -145,7 +150,10 @@ def _flat_keypoints(value: Any, where: str, field: str, length: int | None) -> l
     if arr.size % 3:
         raise ValueError(f"{where}: field {field!r} has {arr.size} values, not a multiple of 3")
     if not np.isfinite(arr).all():
-        raise ValueError(f"{where}: field {field!r} contains NaN or infinite values")
+        raise ValueError(
+            f"{where}: field {field!r} contains NaN or infinite values. Fix: repair the "
+            "annotation file, or (in results) the prediction step that wrote them."
+        )
     return arr.tolist()
 
 
@@ -164,6 +172,32 @@ def _check_dataset(dataset: Any, src: str) -> None:
         for i, item in enumerate(dataset[key]):
             if not isinstance(item, Mapping) or "id" not in item:
                 raise ValueError(f"{src}: {key}[{i}] has no 'id'")
+    if not dataset["annotations"]:
+        # COCOeval would report -1 for every stat: there is nothing to score against.
+        raise ValueError(
+            f"{src}: 'annotations' is empty ({len(dataset['images'])} images), so there is "
+            "no ground truth to evaluate against. Fix: evaluate on the split's keypoint "
+            "annotation file (an image-info file, e.g. COCO test-dev, can only be submitted)."
+        )
+    # pycocotools/xtcocotools index by id: a repeated id silently replaces or merges records.
+    _check_unique_ids(dataset["images"], "images", src)
+    _check_unique_ids(dataset["annotations"], "annotations", src)
+
+
+def _check_unique_ids(records: list[Any], key: str, src: str) -> None:
+    """``ValueError`` naming the first repeated ``id`` of ``records`` (records without one pass)."""
+    ids = [r.get("id") for r in records if isinstance(r, Mapping) and r.get("id") is not None]
+    if len(set(ids)) == len(ids):
+        return
+    seen: set[Any] = set()
+    for i, r in enumerate(records):
+        rid = r.get("id") if isinstance(r, Mapping) else None
+        if rid is not None and rid in seen:
+            raise ValueError(
+                f"{src}: {key}[{i}] repeats id {rid!r}. Fix: ids in '{key}' must be unique; "
+                "regenerate the annotation file."
+            )
+        seen.add(rid)
 
 
 def _prepare_gt(
@@ -248,6 +282,13 @@ def _prepare_results(
     """Validated detections in the form ``loadRes`` would produce, minus the dropped ones."""
     if not isinstance(results, Sequence) or isinstance(results, (str, bytes)):
         raise ValueError(f"{src}: results must be a JSON list of records")
+    if not results:
+        # The official loadRes fails here with an IndexError (it reads anns[0]); a silent AP
+        # of 0 would hide a broken prediction step.
+        raise ValueError(
+            f"{src}: the results list is empty: there is nothing to evaluate. Fix: check the "
+            "prediction step (every box gives one record) and the results file."
+        )
     fields = _fields_of(iou_type)
     score_key = _score_key_of(iou_type)
     dts: list[dict[str, Any]] = []

@@ -50,7 +50,7 @@ PCKH_GROUPS: Mapping[str, tuple[str, ...]] = {
 _SC_BIAS = 0.6
 
 
-def _joint_names(raw: Any) -> list[str]:
+def _joint_names(raw: Any, source: str) -> list[str]:
     """16 joint names from a list of strings or loadmat's nested cell/char arrays."""
     names = []
     for x in np.asarray(raw, dtype=object).reshape(-1):
@@ -58,7 +58,10 @@ def _joint_names(raw: Any) -> list[str]:
             x = x.reshape(-1)[0] if x.size else ""
         names.append(str(x).strip())
     if sorted(names) != sorted(MPII_MAT_JOINTS):
-        raise ValueError(f"dataset_joints {names} are not the 16 MPII joint names")
+        raise ValueError(
+            f"{source}: 'dataset_joints' {names} are not the 16 MPII joint names. Fix: use the "
+            "official mpii_gt_val.mat."
+        )
     return names
 
 
@@ -108,9 +111,15 @@ def pckh(
     headboxes = np.asarray(gt["headboxes_src"], dtype=np.float64)
     jnt_missing = np.asarray(gt["jnt_missing"], dtype=np.float64)
     raw_names = gt.get("dataset_joints")
-    names = list(MPII_MAT_JOINTS) if raw_names is None else _joint_names(raw_names)
+    names = list(MPII_MAT_JOINTS) if raw_names is None else _joint_names(raw_names, source)
     pred = np.asarray(pred)
     n = pos_gt.shape[2] if pos_gt.ndim == 3 else -1
+    if pred.ndim == 3 and pred.shape[1:2] == (16,) and n >= 0 and pred.shape[0] != n:
+        raise ValueError(
+            f"pckh: {source} holds {n} MPII instances but {pred.shape[0]} predictions were "
+            "given. Fix: predict every record of the annotation file the .mat was made for "
+            "(mpii_val.json for mpii_gt_val.mat), in file order."
+        )
     if (
         pos_gt.shape != (16, 2, n)
         or headboxes.shape != (2, 2, n)
