@@ -360,6 +360,7 @@ def top_down_affine(
     UDP: ``get_warp_matrix(rotation, center·2, image_size − 1, scale·200)`` (float32 matrix);
     plain: ``get_affine_transform(center, scale, rotation, image_size)`` (float64). The
     products ``center·2`` and ``scale·200`` keep the dtype of ``center``/``scale``.
+    ``ValueError`` if ``center`` is not finite or ``scale`` not finite and positive.
     """
     size = np.asarray(image_size, dtype=np.float64)
     c, s = np.asarray(center), np.asarray(scale)
