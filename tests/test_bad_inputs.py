@@ -448,7 +448,7 @@ def test_non_finite_detection(fixtures_dir: Path, tmp_path: Path, field: str, va
 # --------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("wh", [(0.0, 100.0), (50.0, 0.0), (-30.0, 80.0), (-30.0, -80.0)])
+@pytest.mark.parametrize("wh", [(0.0, 0.0), (50.0, -1.0), (-30.0, 80.0), (-30.0, -80.0)])
 def test_empty_detection_box(fixtures_dir: Path, tmp_path: Path, wh: tuple[float, float]) -> None:
     coco = fixtures_dir / "coco"
     dets = _json(coco / "test_coco_det_AP_H_56.json")
@@ -466,6 +466,26 @@ def test_empty_detection_box(fixtures_dir: Path, tmp_path: Path, wh: tuple[float
         _write(tmp_path / "d.json", dets), coco / "test_coco.json", coco, det_bbox_thr=0.3
     )
     assert summary.kept == 33
+
+
+@pytest.mark.parametrize("wh", [(0.0, 100.0), (60.0, 0.0)])
+def test_detection_box_of_zero_width_or_height_is_kept(
+    fixtures_dir: Path, tmp_path: Path, wh: tuple[float, float]
+) -> None:
+    # The official _xywh2cs widens a line-shaped box to the 3:4 aspect ratio and pads it by
+    # 1.25; the crop is well defined, so the box is read as upstream reads it.
+    coco = fixtures_dir / "coco"
+    dets = _json(coco / "test_coco_det_AP_H_56.json")
+    dets[3]["bbox"][2:4] = list(wh)
+    dets[3]["score"] = 0.95
+    instances, summary = read_coco_detections(
+        _write(tmp_path / "d.json", dets), coco / "test_coco.json", coco
+    )
+    assert summary.kept == 34  # nothing dropped
+    w, h = wh
+    w, h = (h * 0.75, h) if w < 0.75 * h else (w, w / 0.75)
+    (inst,) = [i for i in instances if i.bbox[2:] == (float(wh[0]), float(wh[1]))]
+    np.testing.assert_allclose(inst.scale, [w / 200 * 1.25, h / 200 * 1.25], rtol=1e-6)
 
 
 @pytest.mark.parametrize(

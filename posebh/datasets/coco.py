@@ -348,12 +348,13 @@ def read_coco_detections(
         if score < det_bbox_thr:
             summary.skip(SKIP_LOW_SCORE)
             continue
-        if not (box[2] > 0 and box[3] > 0):
-            # The crop of an empty box is undefined (the official code divides by its size).
+        if box[2] < 0 or box[3] < 0 or not (box[2] > 0 or box[3] > 0):
+            # A negative size is malformed and a 0×0 box has no crop. A box of zero width
+            # (or height) alone is valid: the official _xywh2cs widens it to the aspect ratio.
             raise DatasetError(
-                f"{source}: {where} field 'bbox' = {box[:4].tolist()} has a width or height "
-                "<= 0. Fix: drop such boxes from the detection file (or raise det_bbox_thr "
-                f"above their score {score})."
+                f"{source}: {where} field 'bbox' = {box[:4].tolist()} has a negative size "
+                "or is 0×0 (w, h <= 0). Fix: drop such boxes from the detection file (or raise "
+                f"det_bbox_thr above their score {score})."
             )
         image_file = os.path.join(prefix, images[image_id]["file_name"])
         check(image_file, image_id, where)
