@@ -13,8 +13,9 @@ from posebh.training.config import (
     get_preset,
 )
 from posebh.training.data import MixedDataset, StepSampler
+from posebh.training.evaluation import headline_metric
 from posebh.training.schedule import StageState, plan_table, stage_at, stages
-from posebh.training.trainer import RunOptions, Trainer, TrainResult, headline_metric
+from posebh.training.trainer import RunOptions, Trainer, TrainResult
 from posebh.training.warm_start import load_init
 
 __all__ = [

@@ -39,16 +39,15 @@ from tqdm import tqdm
 
 from posebh.checkpoint import MODEL_RECORD_KEY, read_checkpoint, save_atomically, to_official
 from posebh.cps import ClusterPrototypes, choose_num_clusters
-from posebh.datasets import DatasetError, DatasetSpec, default_spec
-from posebh.evaluate import evaluate
 from posebh.models import build_model
 from posebh.pipeline import multi_dataset_collate
 from posebh.training.config import TrainConfig, TrainConfigError
 from posebh.training.data import MixedDataset, StepBatches, StepSampler, seed_worker
+from posebh.training.evaluation import evaluate_val_splits, headline_metric
 from posebh.training.objective import Objective
 from posebh.training.optim import build_optimizer, describe_groups, lr_factor, set_lr
 from posebh.training.schedule import StageState, apply_state, events_at, plan_table, stage_at
-from posebh.training.sources import build_datasets, map_heads, train_spec
+from posebh.training.sources import build_datasets, map_heads
 from posebh.training.state import (
     check_restorable,
     check_schedule,
@@ -69,7 +68,6 @@ __all__ = [
     "RunOptions",
     "TrainResult",
     "Trainer",
-    "headline_metric",
 ]
 
 #: Test hook: ``os._exit(137)`` right after this many steps (simulates a killed job).
@@ -104,17 +102,6 @@ class TrainResult:
     metrics: dict[str, dict[str, Any]] = field(default_factory=dict)
     seconds: float = 0.0
     images_per_s: float = 0.0
-
-
-def headline_metric(metrics: Mapping[str, Any]) -> tuple[str, float] | None:
-    """The number a dataset is ranked by: OKS AP, WholeBody whole-body AP, MPII PCKh,
-    InterHand AUC."""
-    if "wholebody" in metrics and isinstance(metrics["wholebody"], Mapping):
-        return "AP(wholebody)", float(metrics["wholebody"]["AP"])
-    for key in ("AP", "PCKh", "AUC", "PCK"):
-        if key in metrics:
-            return key, float(metrics[key])
-    return None
 
 
 # ------------------------------------------------------------------------------------------
@@ -433,74 +420,23 @@ class Trainer:
         dataset (missing val files are skipped with a note)."""
         results: dict[str, dict[str, Any]] = {}
         if self.is_main:
-            cfg = self.config.data
-            names = cfg.val_datasets if cfg.val_datasets is not None else cfg.datasets
             self.model.eval()
-            for name in names:
-                try:
-                    spec = default_spec(
-                        name,
-                        cfg.val_split,
-                        self.data_root,
-                        use_gt_bbox=True if cfg.eval_gt_bbox else None,
-                    )
-                except DatasetError as err:
-                    self.log(f"eval {name}: skipped ({err})")
-                    continue
-                missing = [
-                    p
-                    for p in (spec.ann_file, None if spec.use_gt_bbox else spec.det_file)
-                    if p and not Path(p).is_file()
-                ]
-                if missing:
-                    self.log(f"eval {name}: skipped, {missing[0]} not found")
-                    continue
-                res = evaluate(
-                    self.model,
-                    spec,
-                    batch_size=cfg.eval_batch_size,
-                    device=self.device,
-                    out_dir=self.work_dir / "eval" / tag / name,
-                    checkpoint=f"{self.work_dir} @ step {self.step}",
-                    progress=False,
-                    log=None,
-                )
-                results[name] = res.metrics
-                head = headline_metric(res.metrics)
-                msg = f"{head[0]} {head[1]:.4f}" if head else "done"
-                floor = self._floor(spec) if tag == "final" else None
-                if floor is not None:
-                    self.floors[name] = floor
-                    msg += f" (mean-pose floor {floor[1]:.4f})"
-                self.log(f"eval {name} ({cfg.val_split}) at step {self.step}: {msg}")
-                self._jsonl(
-                    {
-                        "type": "eval",
-                        "step": self.step,
-                        "tag": tag,
-                        "dataset": name,
-                        "split": cfg.val_split,
-                        "headline": head,
-                        "mean_pose_floor": floor,
-                        "metrics": res.metrics,
-                    }
-                )
+            results, floors = evaluate_val_splits(
+                self.model,
+                self.config,
+                data_root=self.data_root,
+                device=self.device,
+                work_dir=self.work_dir,
+                step=self.step,
+                tag=tag,
+                log=self.log,
+                record=self._jsonl,
+            )
+            self.floors.update(floors)
             self.model.train()
         if self.world_size > 1:
             dist.barrier()
         return results
-
-    def _floor(self, spec: DatasetSpec) -> tuple[str, float] | None:
-        """The no-model floor of ``spec``: the training split's mean pose in every val box
-        (:func:`posebh.evaluate.mean_pose_predictions`), or None with a note if it cannot
-        be computed (e.g. no train annotations next to the val ones)."""
-        try:
-            ref = train_spec(spec.name, self.config, self.data_root)
-            res = evaluate(None, spec, mean_pose_from=ref, progress=False, log=None)
-        except (DatasetError, OSError, ValueError) as err:
-            self.log(f"eval {spec.name}: no mean-pose floor ({err})")
-            return None
-        return headline_metric(res.metrics)
 
     # ---------------------------------------------------------------- logging
 
