@@ -449,7 +449,8 @@ def test_training_tolerances_follow_from_the_measured_spread() -> None:
 
 def test_halving_any_checked_training_metric_fails() -> None:
     """The training section can fail: every checked metric sits well above its tolerance
-    (and the tolerance floor), and halving any one of them alone leaves its tolerance."""
+    (and the tolerance floor, and the no-model floor), and halving any one of them alone
+    leaves its tolerance."""
     saved = _training_baseline()
     metrics, tolerance = saved["metrics"], saved["tolerance"]
     assert metrics and any(k.startswith("posebh: ") for k in metrics)
@@ -458,6 +459,9 @@ def test_halving_any_checked_training_metric_fails() -> None:
     for key, value in metrics.items():
         assert tolerance[key] >= floor > 0
         assert value - tolerance[key] > 0 and value >= 2.5 * tolerance[key], key
+        # A model that learned nothing (the train mean pose in every box) is out of tolerance.
+        chance = saved["no_model_floor"][key.split(": ", 1)[1]]
+        assert value - tolerance[key] > chance, key
         halved = {**metrics, key: value / 2}
         assert [d.key for d in regression.compare(metrics, halved, tolerance)] == [key]
     assert regression.compare(metrics, dict(metrics), tolerance) == []

@@ -257,7 +257,7 @@ def derive_tolerances(
             kept[key] = tol
         else:
             dropped[key] = (
-                f"baseline {baseline[key]:g} < {headroom:g} × tolerance {tol:g}: "
+                f"baseline {baseline[key]:g} < {headroom:g} x tolerance {tol:g}: "
                 "too close to 0 for a broken trainer to move it out of tolerance"
             )
     return kept, dropped
@@ -270,8 +270,8 @@ def _payload(
     previous: Mapping[str, Any] | None,
 ) -> dict[str, Any]:
     """The baseline file of ``section``.  The training section keeps the previous file's
-    per-metric tolerances, their measured source and the metrics it does not check: a
-    refresh moves the values, not how far they may drift."""
+    per-metric tolerances, their measured source, the metrics it does not check and the
+    no-model floors: a refresh moves the values, not how far they may drift."""
     from posebh.reproduce.harness import provenance
 
     payload: dict[str, Any] = {
@@ -293,6 +293,7 @@ def _payload(
         payload["tolerance"] = dict(tolerance)
         payload["tolerance_source"] = previous.get("tolerance_source")
         payload["not_checked"] = previous.get("not_checked", {})
+        payload["no_model_floor"] = previous.get("no_model_floor", {})
         payload["metrics"] = {k: values[k] for k in sorted(tolerance) if k in values}
     payload["provenance"] = provenance()
     return payload
