@@ -183,7 +183,7 @@ def test_resolver_accepts_every_old_alias() -> None:
 
 
 def test_checkpoint_aliases_map_to_the_model_split_names() -> None:
-    from posebh.checkpoint import _dataset_index
+    from posebh.checkpoint.split import _dataset_index
 
     for name, official in OLD_CHECKPOINT_ALIASES.items():
         assert get_protocol(name).official_name == official
