@@ -44,7 +44,7 @@ from torch import Tensor
 
 from .limits import DECODE_GPU_POST_PROCESS, DECODE_TRITON_MAX_KERNEL
 
-__all__ = ["INTERPRET", "MAX_KERNEL", "SUPPORTED", "decode_heatmaps", "mode_of"]
+__all__ = ["INTERPRET", "MAX_KERNEL", "SUPPORTED", "launch_decode", "mode_of"]
 
 #: True when the kernel below was built by the Triton interpreter (CPU tensors only).
 INTERPRET: bool = os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
@@ -336,7 +336,7 @@ def _box_factors(center: Tensor, scale: Tensor, n: int, h: int, w: int, udp: boo
     return torch.cat([(s_px / div).float(), c64.float(), (s_px * 0.5).float()], dim=1)
 
 
-def decode_heatmaps(
+def launch_decode(
     heatmaps: Tensor,
     center: Tensor,
     scale: Tensor,

@@ -20,7 +20,7 @@ Backends:
   dynamically). Every mode.
 - ``"cuda"``: the same op's CUDA kernel (``kernels/csrc/cuda/decode_heatmaps.cu``); modes None,
   ``'default'`` and DARK-UDP, kernels ≤ 31. Compiles here, never run (no GPU).
-- ``"triton"``: ``posebh_kernels.decode_heatmaps`` (CUDA tensors, or CPU tensors under
+- ``"triton"``: ``posebh_kernels.decode_heatmaps.launch_decode`` (CUDA tensors, or CPU tensors under
   ``TRITON_INTERPRET=1``); modes None, ``'default'`` and DARK-UDP.
 - ``"torch"``: the reference (:mod:`posebh.decode`, NumPy), always available.
 
@@ -311,7 +311,7 @@ def _decode_triton(
 ) -> tuple[Tensor, Tensor]:
     module, _ = _triton_module()
     hm, fl = _fused_inputs(heatmaps, flipped, flip_indices, shift)
-    return module.decode_heatmaps(  # type: ignore[union-attr]
+    return module.launch_decode(  # type: ignore[union-attr]
         hm,
         torch.as_tensor(center),
         torch.as_tensor(scale),
