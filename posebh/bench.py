@@ -33,15 +33,18 @@ from pathlib import Path
 from typing import Any
 
 __all__ = [
+    "MEMORY_TARGETS",
     "REFERENCE_BACKENDS",
     "SPEEDUP_TARGETS",
     "TARGETS_SOURCE",
+    "TARGET_SOURCES",
     "BenchReport",
     "BenchRow",
     "build_report",
     "find_benchmarks_dir",
     "markdown_table",
     "run_benchmarks",
+    "target_source",
     "write_report",
 ]
 
@@ -49,9 +52,38 @@ __all__ = [
 SPEEDUP_TARGETS: dict[tuple[str, str], float] = {
     ("similarity", "all"): 2.0,  # prototype similarity, all 214 classes
     ("decode", "wholebody_udp"): 20.0,  # DARK-UDP decode, COCO-WholeBody 64×133×64×48
+    # The CPU data path at COCO size (benchmarks/test_bench_scale.py): posebh vs the
+    # mmpose-0.x-style OpenCV pipeline / pycocotools, per core.
+    ("scale", "train_pipeline"): 1.0,
+    ("scale", "eval_pipeline"): 5.0,
+    ("scale", "reader"): 1.0,
+    ("warp", "crop_256x192"): 0.5,  # the C++ warp within 2× of cv2.warpAffine
 }
-#: Where :data:`SPEEDUP_TARGETS` come from.
+#: Peak memory a backend may use, as a multiple of its reference's peak, per (suite, case).
+MEMORY_TARGETS: dict[tuple[str, str], float] = {
+    ("scale", "reader"): 1.2,
+}
+#: Where :data:`SPEEDUP_TARGETS` come from (cases not listed in :data:`TARGET_SOURCES`).
 TARGETS_SOURCE = "issue 4"
+#: The issue that set each target other than :data:`TARGETS_SOURCE`'s.
+TARGET_SOURCES: dict[tuple[str, str], str] = {
+    key: "issue 15" for key in [*MEMORY_TARGETS, *SPEEDUP_TARGETS] if key[0] in ("scale", "warp")
+}
+
+
+def _target_entry(suite: str, case: str) -> dict[str, Any]:
+    entry: dict[str, Any] = {}
+    if (suite, case) in SPEEDUP_TARGETS:
+        entry["speedup"] = SPEEDUP_TARGETS[suite, case]
+    if (suite, case) in MEMORY_TARGETS:
+        entry["peak_memory_ratio"] = MEMORY_TARGETS[suite, case]
+    return entry | {"source": target_source(suite, case)}
+
+
+def target_source(suite: str, case: str) -> str:
+    """The issue that set the targets of (suite, case)."""
+    return TARGET_SOURCES.get((suite, case), TARGETS_SOURCE)
+
 
 #: Backend names (before any ``@device``) that time the reference implementation itself.
 REFERENCE_BACKENDS = ("reference", "torch")
@@ -87,6 +119,9 @@ class BenchRow:
     target: float | None = None  # SPEEDUP_TARGETS entry, for the fused backends
     meets_target: bool | None = None
     peak_mb: float | None = None
+    memory_ratio: float | None = None  # this peak / the reference's peak (same suite, case)
+    memory_target: float | None = None  # MEMORY_TARGETS entry
+    meets_memory_target: bool | None = None
     images_per_s: float | None = None
     instances_per_s: float | None = None
 
@@ -123,8 +158,8 @@ class BenchReport:
             "pytest_returncode": self.returncode,
             "timed": self.timed,
             "targets": {
-                f"{suite}/{case}": {"speedup": value, "source": TARGETS_SOURCE}
-                for (suite, case), value in SPEEDUP_TARGETS.items()
+                f"{suite}/{case}": _target_entry(suite, case)
+                for suite, case in dict.fromkeys([*SPEEDUP_TARGETS, *MEMORY_TARGETS])
             },
             "rows": [dataclasses.asdict(row) for row in self.rows],
         }
@@ -423,6 +458,20 @@ def _fill_ratios(rows: list[BenchRow]) -> None:
             row.target = target
             if row.ratio_vs_reference is not None:
                 row.meets_target = row.ratio_vs_reference >= target
+    peaks = {
+        (row.suite, row.case): row.peak_mb
+        for row in rows
+        if row.is_reference and row.peak_mb is not None and row.peak_mb > 0
+    }
+    for row in rows:
+        reference_peak = peaks.get((row.suite, row.case))
+        if row.is_reference or row.peak_mb is None or reference_peak is None:
+            continue
+        row.memory_ratio = row.peak_mb / reference_peak
+        limit = MEMORY_TARGETS.get((row.suite, row.case))
+        if limit is not None:
+            row.memory_target = limit
+            row.meets_memory_target = row.memory_ratio <= limit
 
 
 # ------------------------------------------------------------------------------------------
@@ -443,6 +492,15 @@ def markdown_table(report: BenchReport) -> str:
         text = f"{row.ratio_vs_reference:.2f}×"
         if row.meets_target is not None:
             text += f" ({'≥' if row.meets_target else '<'} {row.target:g}× target)"
+        return text
+
+    def memory(row: BenchRow) -> str:
+        if row.memory_ratio is None:
+            return ""
+        text = f"{row.memory_ratio:.2f}×"
+        if row.meets_memory_target is not None:
+            ok = "≤" if row.meets_memory_target else ">"
+            text += f" ({ok} {row.memory_target:g}× target)"
         return text
 
     def throughput(row: BenchRow) -> str:
@@ -467,6 +525,7 @@ def markdown_table(report: BenchReport) -> str:
             "" if row.rounds is None else row.rounds,
             ratio(row),
             num(row.peak_mb, ".2f" if row.peak_mb is not None and row.peak_mb < 1 else ".1f"),
+            memory(row),
             throughput(row),
             note(row),
         )
@@ -481,6 +540,7 @@ def markdown_table(report: BenchReport) -> str:
         "rounds",
         "vs reference",
         "peak MB",
+        "peak vs reference",
         "throughput",
         "note",
     ]
@@ -510,7 +570,9 @@ def write_report(report: BenchReport, out_dir: str | os.PathLike) -> dict[str, P
         lines.append(f"Versions: {versions}.")
     lines.append(
         "Ratios are reference time / backend time (min of the rounds), both measured in the "
-        f"same run; targets from {TARGETS_SOURCE}."
+        "same run; peak memory ratios are backend peak / reference peak; targets from "
+        + ", ".join(sorted({target_source(*key) for key in [*SPEEDUP_TARGETS, *MEMORY_TARGETS]}))
+        + " (see bench.json)."
     )
     lines.append("")
     if not report.timed:
@@ -569,7 +631,7 @@ def _plot_speedups(report: BenchReport, path: Path) -> bool:
         ax.plot([target, target], [y - 0.45, y + 0.45], color="crimson", lw=2.0)
     if targets:
         handles.append(
-            plt.Line2D([], [], color="crimson", lw=2.0, label=f"target ({TARGETS_SOURCE})")
+            plt.Line2D([], [], color="crimson", lw=2.0, label="target (bench.json: source)")
         )
     ax.axvline(1.0, color="grey", ls="--", lw=1.0)
     handles.append(plt.Line2D([], [], color="grey", ls="--", lw=1.0, label="reference (1×)"))

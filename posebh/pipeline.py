@@ -34,12 +34,13 @@ from typing import Any, Literal
 
 import numpy as np
 import torch
-from PIL import Image, ImageOps
+from PIL import Image
 from torch import Tensor
 from torch.utils.data import Dataset
 
 from posebh.codecs import ENCODINGS, decoding_codec, generate_target
 from posebh.datasets import Instance
+from posebh.image_io import load_image
 from posebh.protocol import TRAINING_DATASETS, DatasetProtocol, get_protocol
 from posebh.skeletons import Skeleton, get_skeleton
 from posebh.transforms import (
@@ -174,24 +175,6 @@ def per_dataset_pipeline(
             max_num_joints=max_num_joints,
         )
     return replace(cfg, **overrides) if overrides else cfg
-
-
-def load_image(path: str | os.PathLike[str]) -> np.ndarray:
-    """Read an image file as RGB uint8 [H, W, 3] with Pillow, as the official reader does.
-
-    The official ``LoadImageFromFile`` calls mmcv ``imread(path, 'color', 'rgb')``, i.e.
-    OpenCV with ``IMREAD_COLOR`` (not ``IMREAD_IGNORE_ORIENTATION``), which this matches:
-    the EXIF orientation is applied (JPEG; PNG too since OpenCV 4.5.2); grey images get
-    three equal channels, palette images their palette colours, and alpha is dropped (not
-    composited); 16-bit grey keeps its high byte (OpenCV's ``>> 8``; Pillow alone clips).
-    """
-    with Image.open(path) as im:
-        sixteen_bit = im.mode.startswith("I;16") or (im.mode == "I" and im.format == "PNG")
-        im = ImageOps.exif_transpose(im)
-        if sixteen_bit:
-            grey = (np.asarray(im, dtype=np.int64) >> 8).clip(0, 255).astype(np.uint8)
-            return np.repeat(grey[..., None], 3, axis=2)
-        return np.asarray(im.convert("RGB"))
 
 
 def _seed_rng(*key: int) -> np.random.Generator:

@@ -9,10 +9,12 @@ from typing import Any
 import pytest
 
 from posebh.bench import (
+    MEMORY_TARGETS,
     SPEEDUP_TARGETS,
     BenchReport,
     build_report,
     find_benchmarks_dir,
+    markdown_table,
     run_benchmarks,
     write_report,
 )
@@ -215,3 +217,35 @@ def test_run_benchmarks_end_to_end(tmp_path: Path) -> None:
     assert report.machine["threads"] and report.commit["id"]
     files = write_report(report, tmp_path)
     assert json.loads(files["json"].read_text())["rows"][0]["min_ms"] > 0
+
+
+def test_memory_ratio_against_the_reference_peak_and_its_target() -> None:
+    scale = "test_bench_scale"
+    data = {
+        "benchmarks": [
+            _bench(scale, "test_bench_reader", {"case": "reader", "backend": "reference"},
+                   min_s=3.2, median_s=3.3, rounds=1, extra={"peak_mb": 450.0}),
+            _bench(scale, "test_bench_reader", {"case": "reader", "backend": "posebh"},
+                   min_s=2.9, median_s=3.0, rounds=1, extra={"peak_mb": 500.0}),
+            _bench(scale, "test_bench_other", {"case": "other", "backend": "reference"},
+                   min_s=1.0, median_s=1.0, rounds=1, extra={"peak_mb": 100.0}),
+            _bench(scale, "test_bench_other", {"case": "other", "backend": "posebh"},
+                   min_s=1.0, median_s=1.0, rounds=1, extra={"peak_mb": 300.0}),
+        ]
+    }  # fmt: skip
+    report = build_report(data, versions=VERSIONS)
+    reader = _row(report, "scale", "reader", "posebh")
+    assert reader.memory_ratio == pytest.approx(500.0 / 450.0)
+    assert reader.memory_target == MEMORY_TARGETS[("scale", "reader")] == 1.2
+    assert reader.meets_memory_target is True  # 1.11 ≤ 1.2
+    assert reader.ratio_vs_reference == pytest.approx(3.2 / 2.9) and reader.meets_target
+    other = _row(report, "scale", "other", "posebh")  # a ratio, but no target to meet
+    assert other.memory_ratio == pytest.approx(3.0) and other.meets_memory_target is None
+    assert _row(report, "scale", "reader", "reference").memory_ratio is None
+    table = markdown_table(report)
+    assert "1.11× (≤ 1.2× target)" in table and "3.00×" in table
+    assert report.to_dict()["targets"]["scale/reader"] == {
+        "speedup": 1.0,
+        "peak_memory_ratio": 1.2,
+        "source": "issue 15",
+    }

@@ -592,3 +592,20 @@ def test_normalize_image_matches_the_official_tensor_ops() -> None:
     ref = ref.sub_(mean).div_(std)
     assert got.shape == (3, 8, 6) and got.dtype == torch.float32
     assert torch.equal(got, ref)
+
+
+@pytest.mark.parametrize(
+    ("mean", "std"),
+    [((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)), ((0.5, 0.25, 0.0), (0.5, 0.3, 1.7))],
+)
+def test_normalize_image_every_grey_level(mean, std) -> None:
+    # Every uint8 value in every channel, at odd positions: the look-up must give the formula's
+    # float32 bits for all 256 levels, not only those a small random image happens to hold.
+    levels = np.arange(256, dtype=np.uint8)
+    img = np.stack([levels, levels[::-1], np.roll(levels, 77)], axis=-1).reshape(16, 16, 3)
+    got = normalize_image(img, mean, std)
+    ref = torch.from_numpy(img.astype(np.float32)).permute(2, 0, 1).div_(255.0)
+    ref = ref.sub_(torch.tensor(mean)[:, None, None]).div_(torch.tensor(std)[:, None, None])
+    assert torch.equal(got, ref)
+    floats = img.astype(np.float32)  # a float image takes the direct formula
+    assert torch.equal(normalize_image(floats, mean, std), ref)

@@ -1,0 +1,340 @@
+"""The CPU data path at COCO size: readers, training and evaluation pipelines, COCOeval and a
+whole ``posebh eval``, each against a reference measured in the same run.
+
+Data: a generated data root in the official COCO layout (:mod:`posebh.synth.scale_root`):
+5,000 val images at 640×480, the 104,125-box detection file and its GT, a 150,000-person train
+file. Timed runs (``posebh bench -k scale``) use the ``full`` root, cached under
+``$POSEBH_SCALE_ROOT`` (default ``~/.cache/posebh/scale``; about 10 min to generate on two
+cores, once); the smoke run (``--benchmark-disable``, CI) uses the ``small`` one.
+``POSEBH_SCALE_SIZE=full|small`` overrides the choice.
+
+References (written for the benchmark, sharing no code with posebh): pycocotools' ``COCO()``
+and ``COCOeval``, and an mmpose-0.x-style pipeline on OpenCV (``mmpose0x_reference.py``).
+Every pipeline comparison runs on one core (``torch`` and OpenCV pinned to one thread): the
+throughputs are "per core". Peak memory of the readers is measured in a fresh interpreter per
+reader (peak RSS minus the RSS before the read).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+cv2 = pytest.importorskip("cv2", reason="the references need opencv-python-headless (dev extra)")
+import mmpose0x_reference as reference  # noqa: E402  (after the importorskip)
+
+from posebh.datasets import read_coco_detections, read_coco_keypoints  # noqa: E402
+from posebh.pipeline import (  # noqa: E402
+    ImageRunDataset,
+    TopDownDataset,
+    per_dataset_pipeline,
+)
+from posebh.synth import scale_root  # noqa: E402
+
+#: Samples / boxes per timed round (full, small).
+TRAIN_SAMPLES = {"full": 600, "small": 24}
+EVAL_BOXES = {"full": 3000, "small": 120}
+
+
+@dataclass(frozen=True)
+class ScaleRoot:
+    path: Path
+    size: str
+    manifest: dict
+
+    def file(self, relative: str) -> str:
+        return str(self.path / relative)
+
+
+@pytest.fixture(scope="module")
+def scale(request: pytest.FixtureRequest) -> ScaleRoot:
+    disabled = bool(request.config.getoption("benchmark_disable", default=False))
+    size = os.environ.get("POSEBH_SCALE_SIZE") or ("small" if disabled else "full")
+    base = Path(os.environ.get("POSEBH_SCALE_ROOT", Path.home() / ".cache" / "posebh" / "scale"))
+    root = base / f"{size}-seed0"
+    manifest = scale_root.write_scale_root(root, size, seed=0, progress=False)
+    return ScaleRoot(root, size, manifest)
+
+
+@pytest.fixture
+def one_core():
+    threads, cv_threads = torch.get_num_threads(), cv2.getNumThreads()
+    torch.set_num_threads(1)
+    cv2.setNumThreads(1)
+    yield
+    torch.set_num_threads(threads)
+    cv2.setNumThreads(cv_threads)
+
+
+def _rounds(benchmark, timed: int) -> int:
+    return 1 if benchmark.disabled else timed
+
+
+# ------------------------------------------------------------------------------------------
+# Reader: the 150,000-person train file
+# ------------------------------------------------------------------------------------------
+
+_PEAK_SCRIPT = """
+import json, resource, sys, time
+def rss_mb():
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * resource.getpagesize() / 2**20
+which, path = sys.argv[1], sys.argv[2]
+if which == "reference":
+    from pycocotools.coco import COCO
+    import contextlib, io
+    before = rss_mb()
+    start = time.perf_counter()
+    with contextlib.redirect_stdout(io.StringIO()):
+        kept = len(COCO(path).anns)
+else:
+    from posebh.datasets import read_coco_keypoints
+    before = rss_mb()
+    start = time.perf_counter()
+    kept = len(read_coco_keypoints(path, ".", check_images=False)[0])
+seconds = time.perf_counter() - start
+peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+print(json.dumps({"peak_mb": peak - before, "seconds": seconds, "kept": kept}))
+"""
+
+
+def _reader_peak(which: str, path: str) -> dict:
+    done = subprocess.run(
+        [sys.executable, "-c", _PEAK_SCRIPT, which, path],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def _reference_read(path: str) -> int:
+    import contextlib
+    import io
+
+    from pycocotools.coco import COCO
+
+    with contextlib.redirect_stdout(io.StringIO()):
+        return len(COCO(path).anns)
+
+
+@pytest.mark.parametrize("backend", ["reference", "posebh"])
+def test_bench_reader(benchmark, scale: ScaleRoot, backend: str) -> None:
+    path = scale.file(scale_root.TRAIN_GT)
+    if backend == "reference":
+        result = benchmark.pedantic(
+            _reference_read, (path,), rounds=_rounds(benchmark, 2), iterations=1
+        )
+        assert result == scale.manifest["counts"]["train_persons"]
+    else:
+        instances, summary = benchmark.pedantic(
+            read_coco_keypoints,
+            (path, scale.path),
+            {"check_images": False},
+            rounds=_rounds(benchmark, 2),
+            iterations=1,
+        )
+        # Every annotation is accounted for, and only labelled non-crowd ones are kept.
+        assert summary.read == scale.manifest["counts"]["train_persons"]
+        assert summary.kept == len(instances) > 0
+        assert all(
+            inst.keypoints[:, 2].any() for inst in instances[:: max(1, len(instances) // 97)]
+        )
+    benchmark.extra_info.update(case="reader", backend=backend)
+    if not benchmark.disabled:
+        peak = _reader_peak(backend, path)
+        benchmark.extra_info.update(peak_mb=peak["peak_mb"], subprocess_seconds=peak["seconds"])
+
+
+# ------------------------------------------------------------------------------------------
+# Training pipeline, per core
+# ------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def val_instances(scale: ScaleRoot):
+    instances, _ = read_coco_keypoints(
+        scale.file(scale_root.VAL_GT), scale.file(scale_root.VAL_IMAGES)
+    )
+    return [inst for inst in instances if inst.keypoints[:, 2].sum() > 0]
+
+
+@pytest.mark.parametrize("backend", ["reference", "posebh"])
+def test_bench_train_pipeline(benchmark, scale, val_instances, one_core, backend: str) -> None:
+    instances = val_instances[: TRAIN_SAMPLES[scale.size]]
+    if backend == "reference":
+        rng = np.random.default_rng(0)
+
+        def run() -> list:
+            return [
+                reference.train_sample(i.image_file, i.keypoints, i.center, i.scale, rng)
+                for i in instances
+            ]
+    else:
+        data = TopDownDataset(instances, "coco", per_dataset_pipeline("coco"), seed=0)
+
+        def run() -> list:
+            return [data[i] for i in range(len(data))]
+
+    samples = benchmark.pedantic(run, rounds=_rounds(benchmark, 3), iterations=1)
+    assert len(samples) == len(instances)
+    assert samples[0]["img"].shape == (3, 256, 192) and samples[0]["target"].shape[0] == 133
+    assert all(bool(s["target_weight"].sum() > 0) for s in samples[:8])
+    benchmark.extra_info.update(case="train_pipeline", backend=backend)
+    if not benchmark.disabled and benchmark.stats:
+        benchmark.extra_info["instances_per_s"] = len(instances) / benchmark.stats.stats.min
+
+
+# ------------------------------------------------------------------------------------------
+# Evaluation pipeline (no network), per core: every box of the first images of the
+# detection file
+# ------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def det_instances(scale: ScaleRoot):
+    instances, _ = read_coco_detections(
+        scale.file(scale_root.DET_FILE),
+        scale.file(scale_root.VAL_GT),
+        scale.file(scale_root.VAL_IMAGES),
+    )
+    return instances[: EVAL_BOXES[scale.size]]
+
+
+@pytest.mark.parametrize("backend", ["reference", "posebh"])
+def test_bench_eval_pipeline(benchmark, scale, det_instances, one_core, backend: str) -> None:
+    instances = det_instances
+    if backend == "reference":
+
+        def run() -> list:
+            return [reference.eval_sample(i.image_file, i.center, i.scale) for i in instances]
+    else:
+        pipeline = per_dataset_pipeline("coco", train=False, max_num_joints=None)
+        runs = ImageRunDataset(TopDownDataset(instances, "coco", pipeline))
+
+        def run() -> list:
+            return [s["img"] for r in range(len(runs)) for s in runs[r]]
+
+    crops = benchmark.pedantic(run, rounds=_rounds(benchmark, 3), iterations=1)
+    assert len(crops) == len(instances)
+    benchmark.extra_info.update(case="eval_pipeline", backend=backend)
+    if not benchmark.disabled and benchmark.stats:
+        benchmark.extra_info["instances_per_s"] = len(instances) / benchmark.stats.stats.min
+
+
+def test_eval_crops_equal_the_opencv_reference(scale, det_instances) -> None:
+    """Not a timing: the posebh evaluation crop with OpenCV ≥ 4.11 arithmetic ("float") is
+    the reference's ``cv2.warpAffine`` crop, bit for bit (normalised the same way)."""
+    if tuple(int(v) for v in cv2.__version__.split(".")[:2]) < (4, 11):
+        pytest.skip(f"OpenCV {cv2.__version__} predates the float warp arithmetic (4.11)")
+    instances = det_instances[:40]
+    pipeline = per_dataset_pipeline("coco", train=False, max_num_joints=None, warp_method="float")
+    data = TopDownDataset(instances, "coco", pipeline)
+    for i, inst in enumerate(instances):
+        ref = reference.eval_sample(inst.image_file, inst.center, inst.scale)
+        assert torch.equal(data[i]["img"], ref), f"box {i} of {inst.image_file}"
+
+
+# ------------------------------------------------------------------------------------------
+# COCOeval and the whole `posebh eval` (stub network)
+# ------------------------------------------------------------------------------------------
+
+
+def _results_for(instances, seed: int = 0) -> list[dict]:
+    """Keypoint results near each box (what a weak model gives): x, y in the box, score."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for inst in instances:
+        x, y, w, h = inst.bbox
+        k = np.empty((17, 3))
+        k[:, 0] = x + rng.random(17) * w
+        k[:, 1] = y + rng.random(17) * h
+        k[:, 2] = rng.random(17)
+        out.append(
+            {
+                "image_id": inst.image_id,
+                "category_id": 1,
+                "keypoints": k.reshape(-1).round(2).tolist(),
+                "score": float(inst.bbox_score),
+            }
+        )
+    return out
+
+
+@pytest.fixture(scope="module")
+def all_detections(scale: ScaleRoot):
+    instances, _ = read_coco_detections(
+        scale.file(scale_root.DET_FILE),
+        scale.file(scale_root.VAL_GT),
+        scale.file(scale_root.VAL_IMAGES),
+        check_images=False,
+    )
+    return instances
+
+
+@pytest.mark.parametrize("backend", ["reference", "posebh"])
+def test_bench_cocoeval(benchmark, scale, all_detections, tmp_path, backend: str) -> None:
+    import contextlib
+    import io
+
+    from pycocotools.coco import COCO
+    from pycocotools.cocoeval import COCOeval
+
+    from posebh.evaluation import oks_eval
+    from posebh.skeletons import get_skeleton
+
+    gt_file = scale.file(scale_root.VAL_GT)
+    results = _results_for(all_detections)
+    sigmas = get_skeleton("coco").sigmas
+    if backend == "reference":
+
+        def run() -> float:
+            with contextlib.redirect_stdout(io.StringIO()):
+                gt = COCO(gt_file)
+                dt = gt.loadRes(results)
+                ev = COCOeval(gt, dt, "keypoints")
+                ev.params.kpt_oks_sigmas = np.asarray(sigmas)
+                ev.evaluate()
+                ev.accumulate()
+                ev.summarize()
+            return float(ev.stats[0])
+    else:
+
+        def run() -> float:
+            return float(oks_eval(gt_file, results, sigmas=sigmas)["AP"])
+
+    ap = benchmark.pedantic(run, rounds=_rounds(benchmark, 2), iterations=1)
+    assert 0.0 <= ap <= 1.0
+    benchmark.extra_info.update(case="cocoeval", backend=backend, results=len(results))
+
+
+def test_bench_posebh_eval(benchmark, scale: ScaleRoot, tmp_path: Path) -> None:
+    """``posebh eval`` end to end on the val set with the detection boxes, a stub network
+    standing in for the model: read, crop, (stub), flip-test decode, rescoring, OKS-NMS,
+    COCOeval and the result files; DataLoader workers as by default."""
+    from test_bench_eval import StubHeads
+
+    from posebh.datasets import default_spec
+    from posebh.evaluate import evaluate
+
+    spec = default_spec("coco", "val", scale.path, use_gt_bbox=False)
+
+    def run():
+        return evaluate(StubHeads(), spec, out_dir=tmp_path / "eval", progress=False, log=None)
+
+    result = benchmark.pedantic(run, rounds=1, iterations=1)
+    boxes = result.meta["instances"]
+    assert boxes == scale.manifest["counts"]["detections"]
+    assert 0.0 <= result.metrics["AP"] <= 1.0
+    assert (tmp_path / "eval" / "predictions.json").is_file()
+    benchmark.extra_info.update(case="posebh_eval", backend="posebh", boxes=boxes)
+    if not benchmark.disabled and benchmark.stats:
+        benchmark.extra_info["instances_per_s"] = boxes / benchmark.stats.stats.min
