@@ -507,7 +507,12 @@ def build_parser(progs: Mapping[str, str] | None = None) -> argparse.ArgumentPar
     )
     ev.add_argument("--batch-size", type=int, default=32)
     ev.add_argument("--device", default="cpu")
-    ev.add_argument("--workers", type=int, default=0)
+    ev.add_argument(
+        "--workers",
+        type=int,
+        default=None,
+        help="DataLoader worker processes (default: one per core, at most 8; 0 = in-process)",
+    )
     ev.add_argument(
         "--gt-as-prediction",
         action="store_true",

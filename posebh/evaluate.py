@@ -16,13 +16,14 @@ from the pixels scores about that; "far above chance" means far above it.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import os
 import platform
 import subprocess
 import time
 from collections import defaultdict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -46,7 +47,12 @@ from posebh.evaluation import (
     rescore_and_nms,
     wholebody_eval,
 )
-from posebh.pipeline import TopDownDataset, multi_dataset_collate, per_dataset_pipeline
+from posebh.pipeline import (
+    ImageRunDataset,
+    TopDownDataset,
+    multi_dataset_collate,
+    per_dataset_pipeline,
+)
 from posebh.protocol import DatasetProtocol, get_protocol
 
 
@@ -140,6 +146,84 @@ def _choose_head(model: torch.nn.Module, record: DatasetProtocol, head: int | No
     return head
 
 
+#: The most DataLoader workers the automatic choice starts (decode + crop per box is about a
+#: millisecond, so a few cores keep a GPU fed; more mostly add start-up time and memory).
+MAX_AUTO_WORKERS = 8
+
+
+def default_num_workers() -> int:
+    """DataLoader workers for evaluation: one per core this process may run on, at most
+    :data:`MAX_AUTO_WORKERS`; 0 (in-process) on a single core."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        cores = os.cpu_count() or 1
+    return 0 if cores <= 1 else min(cores, MAX_AUTO_WORKERS)
+
+
+def _single_threaded_worker(worker_id: int) -> None:
+    # Workers run one crop at a time; intra-op threads in every worker would oversubscribe
+    # the cores (PyTorch sets this too; said here so it holds whatever the loader version).
+    torch.set_num_threads(1)
+
+
+def _as_is(item: Any) -> Any:
+    return item
+
+
+def _batches(
+    data: TopDownDataset,
+    batch_size: int,
+    num_workers: int,
+    group_by_image: bool,
+    pin_memory: bool,
+) -> Iterator[dict[str, Any]]:
+    """Collated batches of ``batch_size`` consecutive instances of ``data`` (the last one
+    shorter): the batches of ``DataLoader(data, batch_size)``, whatever ``group_by_image``.
+
+    ``group_by_image`` loads one run of same-image instances per item (the image decoded
+    once, :class:`ImageRunDataset`) and cuts the sample stream into those same batches, so
+    the network sees the same batches, and the predictions are the same bits, as per box.
+    """
+    collate = functools.partial(multi_dataset_collate, max_num_joints=None)
+    common: dict[str, Any] = {
+        "shuffle": False,
+        "num_workers": num_workers,
+        "worker_init_fn": _single_threaded_worker if num_workers else None,
+    }
+    if not group_by_image:
+        loader = DataLoader(
+            data, batch_size=batch_size, collate_fn=collate, pin_memory=pin_memory, **common
+        )
+        yield from loader
+        return
+    runs = ImageRunDataset(data)
+    if num_workers:
+        common["num_workers"] = min(num_workers, len(runs))
+    # batch_size=None: each item (one image's samples) comes through as is; the batches are
+    # cut here, and pinned after collation (pinning per-sample tensors would be lost there).
+    loader = DataLoader(runs, batch_size=None, collate_fn=_as_is, **common)
+    pending: list[dict[str, Any]] = []
+    for samples in loader:
+        pending.extend(samples)
+        while len(pending) >= batch_size:
+            chunk, pending = pending[:batch_size], pending[batch_size:]
+            yield _collate_pinned(collate, chunk, pin_memory)
+    if pending:
+        yield _collate_pinned(collate, pending, pin_memory)
+
+
+def _collate_pinned(
+    collate: Callable[[list[dict[str, Any]]], dict[str, Any]],
+    samples: list[dict[str, Any]],
+    pin_memory: bool,
+) -> dict[str, Any]:
+    batch = collate(samples)
+    if pin_memory:
+        batch["img"] = batch["img"].pin_memory()
+    return batch
+
+
 @torch.inference_mode()
 def predict(
     model: torch.nn.Module | None,
@@ -150,10 +234,11 @@ def predict(
     expert: int | None = None,
     batch_size: int = 32,
     device: str | torch.device | None = None,
-    num_workers: int = 0,
+    num_workers: int | None = None,
     progress: bool = True,
     decode_backend: str = "auto",
     heatmap_oracle: bool = False,
+    group_by_image: bool = True,
 ) -> list[dict[str, Any]]:
     """Keypoints of every instance: ``[{"keypoints": [K, 3] (x, y, score), "center",
     "scale", "area", "score" (box score), "image_id", "category_id", "index"}]``.
@@ -164,7 +249,16 @@ def predict(
     test (a flipped oracle map would need the flipped crop's targets).  It checks the whole
     crop → encode → decode → image-coordinates → metric chain without a trained model: a
     correct chain scores close to the maximum, a broken decode does not.
+
+    Loading: ``group_by_image`` (default) decodes each image once for all its consecutive
+    boxes; ``False`` decodes per box (the reference path; same predictions, bit for bit).
+    ``num_workers``: DataLoader worker processes, ``None`` = :func:`default_num_workers`,
+    0 = in-process; evaluation draws nothing at random, so the count changes no value.
+    Batches are pinned when the model is on CUDA.
     """
+    if num_workers is not None and num_workers < 0:
+        raise ValueError(f"num_workers must be >= 0 (or None for automatic), got {num_workers}")
+    workers = default_num_workers() if num_workers is None else int(num_workers)
     record = get_protocol(protocol.dataset)
     skeleton = record.skeleton
     size: dict[str, Any] = {}
@@ -197,21 +291,16 @@ def predict(
     )
     codec = decoding_codec(protocol.use_udp, protocol.post_process, protocol.kernel)
     data = TopDownDataset(instances, skeleton, pipeline, dataset_idx=expert)
-    loader = DataLoader(
-        data,
-        batch_size=batch_size,
-        shuffle=False,
-        num_workers=num_workers,
-        collate_fn=lambda b: multi_dataset_collate(b, max_num_joints=None),
-    )
+    pin = not heatmap_oracle and torch.device(device).type == "cuda"
+    batches = _batches(data, batch_size, workers, group_by_image, pin)
     out: list[dict[str, Any]] = []
-    bar = tqdm(loader, desc=f"eval {protocol.dataset}", unit="batch", disable=not progress)
-    for batch in bar:
+    bar = tqdm(total=len(data), desc=f"eval {protocol.dataset}", unit="box", disable=not progress)
+    for batch in batches:
         flipped = None
         if heatmap_oracle:
             heatmaps = batch["target"]
         else:
-            images = batch["img"].to(device)
+            images = batch["img"].to(device, non_blocking=pin)
             route = batch["dataset_idx"].to(device) if has_experts else None
             heatmaps = model(images, route, heads=[head]).heatmaps[head]
         if protocol.flip_test and not heatmap_oracle:
@@ -245,6 +334,8 @@ def predict(
                     "index": m["index"],
                 }
             )
+        bar.update(len(metas))
+    bar.close()
     return out
 
 
@@ -481,7 +572,7 @@ def evaluate(
     expert: int | None = None,
     batch_size: int = 32,
     device: str | torch.device | None = None,
-    num_workers: int = 0,
+    num_workers: int | None = None,
     gt_as_prediction: bool = False,
     heatmap_oracle: bool = False,
     mean_pose_from: str | DatasetSpec | None = None,

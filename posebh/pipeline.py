@@ -57,8 +57,10 @@ from posebh.transforms import (
 __all__ = [
     "MDT_VAL",
     "ImageLoadError",
+    "ImageRunDataset",
     "TopDownDataset",
     "TopDownPipeline",
+    "image_runs",
     "load_image",
     "multi_dataset_collate",
     "per_dataset_pipeline",
@@ -333,9 +335,36 @@ class TopDownDataset(Dataset):
     def __getitem__(self, index: int) -> dict[str, Any]:
         if not 0 <= index < len(self.instances):
             raise IndexError(f"index {index} out of range for {len(self.instances)} instances")
+        return self.sample(index, self._load(index, self.instances[index]))
+
+    def samples_of(
+        self, indices: Sequence[int], image: np.ndarray | None = None
+    ) -> list[dict[str, Any]]:
+        """The items ``indices`` of instances that share one image file, that image decoded
+        once (or ``image``, already decoded): each equals ``self[i]``."""
+        indices = [int(i) for i in indices]
+        if not indices:
+            return []
+        for i in indices:
+            if not 0 <= i < len(self.instances):
+                raise IndexError(f"index {i} out of range for {len(self.instances)} instances")
+        first = self.instances[indices[0]]
+        path = self.image_path(first)
+        for i in indices[1:]:
+            if self.image_path(self.instances[i]) != path:
+                raise ValueError(
+                    f"samples_of: instance {i} reads {self.image_path(self.instances[i])}, "
+                    f"instance {indices[0]} reads {path}; pass the instances of one image"
+                )
+        if image is None:
+            image = self._load(indices[0], first)
+        return [self.sample(i, image) for i in indices]
+
+    def sample(self, index: int, image: np.ndarray) -> dict[str, Any]:
+        """Item ``index`` from its decoded ``image`` [H, W, 3] uint8 (read, not modified)."""
         p = self.pipeline
         inst = self.instances[index]
-        s = self._initial(self._load(index, inst), inst)
+        s = self._initial(image, inst)
         if p.train:
             s = self.augment(s, inst, index)
         crop, joints, _ = top_down_affine(
@@ -388,6 +417,44 @@ class TopDownDataset(Dataset):
             "dataset_idx": self.dataset_idx,
         }
         return out
+
+
+def image_runs(dataset: TopDownDataset) -> list[range]:
+    """The maximal runs of consecutive instances that read the same image file.
+
+    Detection files and annotation readers list boxes image by image, so a run is normally
+    all the boxes of one image; an image whose boxes are not consecutive gives several runs.
+    """
+    runs: list[range] = []
+    start, previous = 0, None
+    for i, inst in enumerate(dataset.instances):
+        path = dataset.image_path(inst)
+        if i and path != previous:
+            runs.append(range(start, i))
+            start = i
+        previous = path
+    if dataset.instances:
+        runs.append(range(start, len(dataset.instances)))
+    return runs
+
+
+class ImageRunDataset(Dataset):
+    """Item ``r`` = the samples of run ``r`` of ``dataset`` (:func:`image_runs`), the image
+    decoded once: ``dataset.samples_of(runs[r])``, a list of :class:`TopDownDataset` items.
+
+    Concatenated in order, the items are ``dataset[0], dataset[1], …`` — the evaluation
+    reads them this way and cuts the stream into the same batches as a per-box loader.
+    """
+
+    def __init__(self, dataset: TopDownDataset, runs: Sequence[range] | None = None) -> None:
+        self.dataset = dataset
+        self.runs = list(image_runs(dataset) if runs is None else runs)
+
+    def __len__(self) -> int:
+        return len(self.runs)
+
+    def __getitem__(self, index: int) -> list[dict[str, Any]]:
+        return self.dataset.samples_of(self.runs[index])
 
 
 def _pad_channels(t: Tensor, n: int, what: str) -> Tensor:
