@@ -170,6 +170,11 @@ def test_grey_non_contiguous_and_empty_outputs(cpp) -> None:
         flipped = np.random.default_rng(4).integers(0, 256, (31, 45, 3), dtype=np.uint8)[:, ::-1]
         want = _reference(np.ascontiguousarray(flipped), m, (20, 17), method)
         assert np.array_equal(warp_affine(flipped, m, (20, 17), method, backend="cpp"), want)
+        read_only = np.array(flipped)
+        read_only.flags.writeable = False
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")  # torch warns about non-writable arrays
+            assert np.array_equal(warp_affine(read_only, m, (20, 17), method), want)
         assert warp_affine(grey, m, (0, 5), method, backend="cpp").shape == (5, 0)
         assert warp_affine(flipped, m, (3, 0), method, backend="cpp").shape == (0, 3, 3)
 

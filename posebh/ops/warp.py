@@ -17,6 +17,7 @@ copy (``torch.from_numpy``) unless they are not C-contiguous.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 from typing import Any, Literal
 
@@ -84,7 +85,13 @@ def _warp_torch(
 def _warp_cpp(
     image: np.ndarray, matrix: list[float], out_w: int, out_h: int, method: str
 ) -> np.ndarray:
-    img = torch.from_numpy(np.ascontiguousarray(image))
+    arr = np.ascontiguousarray(image)
+    if arr.flags.writeable:
+        img = torch.from_numpy(arr)
+    else:  # e.g. np.asarray of a PIL image; the op only reads it, so torch's warning is moot
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+            img = torch.from_numpy(arr)
     return torch.ops.posebh.warp_affine.default(img, matrix, out_w, out_h, method).numpy()
 
 
