@@ -62,7 +62,8 @@ def _summary_cpp() -> str:
     st = extensions.state(_EXTENSION)
     if st.status != "loaded":
         return "C++ extension posebh_warp (CPU op)"
-    return f"C++ CPU op (rows over {torch.get_num_threads()} threads), {st.reason}"
+    isa = torch.ops.posebh.warp_affine_cpu_isa()
+    return f"C++ CPU op ({isa}, rows over {torch.get_num_threads()} threads), {st.reason}"
 
 
 WARP = register_op(
