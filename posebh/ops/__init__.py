@@ -5,14 +5,19 @@ Operators (shapes in :mod:`posebh.ops.similarity`):
 - :func:`prototype_similarity` (embeddings [B, F, H, W], prototypes [J, M, F], classes) →
   heatmaps [B, K, H, W]: the inference heatmaps of :class:`posebh.prototypes.KeypointPrototypes`;
 - :func:`prototype_logits` (embeddings [N, F], prototypes, classes) → :class:`PrototypeLogits`
-  (logits [N, K·M], best [N, K]): the training logits of a dataset's class block.
+  (logits [N, K·M], best [N, K]): the training logits of a dataset's class block;
+- :func:`decode_heatmaps` (heatmaps [N, K, H, W], boxes) → keypoints: the fused decode
+  (:mod:`posebh.ops.decode`);
+- :func:`warp_affine` (image [H, W, C] uint8, matrix [2, 3], (w, h)) → crop [h, w, C] uint8:
+  ``cv2.warpAffine`` bit for bit in OpenCV's two arithmetics (:mod:`posebh.ops.warp`).
 
 Backends: ``"triton"`` (CUDA tensors; CPU tensors only under ``TRITON_INTERPRET=1`` and when
 forced), ``"cuda"`` (CUDA kernels of the C++ extension), ``"cpp"`` (CPU kernels of the C++
 extension), ``"torch"`` (the references: :mod:`posebh.ops.similarity_reference`,
-:mod:`posebh.decode`). ``backend="auto"`` (the default) tries, in order, ``cpp > torch`` on
-CPU and ``triton > cuda > torch`` on CUDA, and takes the first that can run the call (right
-device and dtype, extension built, no gradient needed w.r.t. the prototypes). :func:`explain`
+:mod:`posebh.decode`, :mod:`posebh.ops.warp_reference`). ``backend="auto"`` (the default)
+tries, in order, ``cpp > torch`` on CPU and ``triton > cuda > torch`` on CUDA, and takes the
+first that can run the call (right device and dtype, extension built, no gradient needed
+w.r.t. the prototypes). :func:`explain`
 says which one runs and why the others do not.
 
 The C++ extension is compiled on first use (see :mod:`posebh.ops.extensions`), or ahead of
@@ -31,6 +36,7 @@ from posebh.ops.decode import decode_heatmaps
 from posebh.ops.extensions import build_extensions
 from posebh.ops.registry import BACKENDS, CallInfo, Op, get_op, register_op
 from posebh.ops.similarity import PrototypeLogits, prototype_logits, prototype_similarity
+from posebh.ops.warp import warp_affine
 
 __all__ = [
     "BACKENDS",
@@ -46,6 +52,7 @@ __all__ = [
     "prototype_similarity",
     "register_op",
     "registry",
+    "warp_affine",
 ]
 
 
