@@ -406,6 +406,20 @@ def test_flip_image_mirrors_columns() -> None:
     np.testing.assert_array_equal(flip_image(out), img)
 
 
+@pytest.mark.parametrize("shape", [(425, 640, 3), (7, 5), (3, 9, 4), (1, 1, 3)])
+def test_flip_image_is_the_plain_column_reversal(shape) -> None:
+    img = np.random.default_rng(len(shape)).integers(0, 256, shape, dtype=np.uint8)
+    want = [[img[y, img.shape[1] - 1 - x] for x in range(img.shape[1])] for y in range(shape[0])]
+    out = flip_image(img)
+    assert out.dtype == np.uint8 and out.flags["C_CONTIGUOUS"] and out.shape == img.shape
+    np.testing.assert_array_equal(out, np.array(want))
+    # A strided view and a wider dtype take NumPy's copy, with the same result.
+    np.testing.assert_array_equal(
+        flip_image(img[:, ::2]), np.array(want)[:, 1 - len(want[0]) % 2 :: 2]
+    )
+    np.testing.assert_array_equal(flip_image(img.astype(np.int32)), np.array(want))
+
+
 def test_fliplr_joints_rejects_mismatch() -> None:
     with pytest.raises(ValueError):
         fliplr_joints(np.zeros((3, 3)), np.zeros((3, 3)), 10, [0, 1])
