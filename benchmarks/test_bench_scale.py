@@ -1,5 +1,5 @@
-"""The CPU data path at COCO size: readers, training and evaluation pipelines, COCOeval and a
-whole ``posebh eval``, each against a reference measured in the same run.
+"""The CPU data path at COCO size: readers, training and evaluation pipelines, OKS-NMS,
+COCOeval and a whole ``posebh eval``, against references measured in the same run.
 
 Data: a generated data root in the official COCO layout (:mod:`posebh.synth.scale_root`):
 5,000 val images at 640×480, the 104,125-box detection file and its GT, a 150,000-person train
@@ -9,7 +9,8 @@ cores, once); the smoke run (``--benchmark-disable``, CI) uses the ``small`` one
 ``POSEBH_SCALE_SIZE=full|small`` overrides the choice.
 
 References (written for the benchmark, sharing no code with posebh): pycocotools' ``COCO()``
-and ``COCOeval``, and an mmpose-0.x-style pipeline on OpenCV (``mmpose0x_reference.py``).
+and ``COCOeval``, an mmpose-0.x-style pipeline on OpenCV (``mmpose0x_reference.py``) and the
+official per-pair OKS-NMS loop.
 Every pipeline comparison runs on one core (``torch`` and OpenCV pinned to one thread): the
 throughputs are "per core". Peak memory of the readers is measured in a fresh interpreter per
 reader (peak RSS minus the RSS before the read).
@@ -21,8 +22,10 @@ import json
 import os
 import subprocess
 import sys
+from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -32,11 +35,13 @@ cv2 = pytest.importorskip("cv2", reason="the references need opencv-python-headl
 import mmpose0x_reference as reference  # noqa: E402  (after the importorskip)
 
 from posebh.datasets import read_coco_detections, read_coco_keypoints  # noqa: E402
+from posebh.evaluation import rescore_and_nms  # noqa: E402
 from posebh.pipeline import (  # noqa: E402
     ImageRunDataset,
     TopDownDataset,
     per_dataset_pipeline,
 )
+from posebh.skeletons import get_skeleton  # noqa: E402
 from posebh.synth import scale_root  # noqa: E402
 
 #: Samples / boxes per timed round (full, small).
@@ -289,7 +294,6 @@ def test_bench_cocoeval(benchmark, scale, all_detections, tmp_path, backend: str
     from pycocotools.cocoeval import COCOeval
 
     from posebh.evaluation import oks_eval
-    from posebh.skeletons import get_skeleton
 
     gt_file = scale.file(scale_root.VAL_GT)
     results = _results_for(all_detections)
@@ -338,3 +342,124 @@ def test_bench_posebh_eval(benchmark, scale: ScaleRoot, tmp_path: Path) -> None:
     benchmark.extra_info.update(case="posebh_eval", backend="posebh", boxes=boxes)
     if not benchmark.disabled and benchmark.stats:
         benchmark.extra_info["instances_per_s"] = boxes / benchmark.stats.stats.min
+
+
+# ------------------------------------------------------------------------------------------
+# OKS-NMS + rescoring at 104,125 boxes (5,000 images; smoke: 520 over 25): detections clustered
+# on 1–7 persons per image, tied scores. ``reference`` is the official per-pair loop (mmpose
+# 0.x ``oks_iou`` / ``oks_nms`` and the rescoring loop, written here); ``posebh`` is
+# ``rescore_and_nms``. Both must keep the same boxes with the same scores.
+# ------------------------------------------------------------------------------------------
+
+
+def synthetic_predictions(num_images: int, num_boxes: int, seed: int = 0) -> list[dict]:
+    """Top-down predictions as predict() gives them: per image 1–7 persons, each detected
+    by several boxes (tight, loose and stray keypoint jitter), scores with ties."""
+    rng = np.random.default_rng(seed)
+    k = 17
+    counts = rng.multinomial(num_boxes - num_images, np.full(num_images, 1 / num_images)) + 1
+    preds: list[dict] = []
+    for image_id, n in enumerate(counts.tolist()):
+        persons = int(rng.integers(1, 8))
+        centre = rng.uniform([50, 50], [590, 430], (persons, 2))
+        size = rng.uniform(30, 300, persons)
+        pose = centre[:, None] + rng.normal(0, 0.25, (persons, k, 2)) * size[:, None, None]
+        owner = rng.integers(0, persons, n)
+        spread = size[owner] * rng.choice([0.01, 0.05, 0.2], n)
+        kpts = np.empty((n, k, 3), np.float32)
+        kpts[..., :2] = pose[owner] + rng.normal(0, 1, (n, k, 2)) * spread[:, None, None]
+        kpts[..., 2] = rng.uniform(0, 1, (n, k))
+        score = np.round(rng.uniform(0.05, 1.0, n), 2)
+        area = (size[owner] * rng.uniform(0.9, 1.3, n)) ** 2 * 0.75
+        for i in range(n):
+            preds.append(
+                {
+                    "keypoints": kpts[i],
+                    "area": float(area[i]),
+                    "score": float(score[i]),
+                    "image_id": image_id,
+                    "index": len(preds),
+                }
+            )
+    return preds
+
+
+def _official_oks_iou(g, d, a_g, a_d, sigmas):
+    """mmpose 0.x ``oks_iou`` (no vis_thr): one loop iteration per candidate."""
+    variances = (sigmas * 2) ** 2
+    xg, yg = g[0::3], g[1::3]
+    ious = np.zeros(len(d), dtype=np.float32)
+    for n_d in range(len(d)):
+        dx, dy = d[n_d, 0::3] - xg, d[n_d, 1::3] - yg
+        e = (dx**2 + dy**2) / variances / ((a_g + a_d[n_d]) / 2 + np.spacing(1)) / 2
+        ious[n_d] = np.sum(np.exp(-e)) / len(e)
+    return ious
+
+
+def _official_rescore_and_nms(per_image: dict, sigmas: np.ndarray, vis_thr=0.2, oks_thr=0.9):
+    """mmpose 0.x top-down ``evaluate``: rescoring loop, then ``oks_nms`` per image."""
+    out = {}
+    for image_id, img_kpts in per_image.items():
+        rescored = []
+        for p in img_kpts:
+            total, valid = 0.0, 0
+            for s in np.asarray(p["keypoints"])[:, 2].tolist():
+                if s > vis_thr:
+                    total, valid = total + s, valid + 1
+            rescored.append({**p, "score": (total / valid if valid else 0.0) * p["score"]})
+        scores = np.array([p["score"] for p in rescored])
+        kpts = np.array([np.asarray(p["keypoints"]).reshape(-1) for p in rescored])
+        areas = np.array([p["area"] for p in rescored])
+        order = scores.argsort()[::-1]
+        keep = []
+        while order.size > 0:
+            i = order[0]
+            keep.append(i)
+            ovr = _official_oks_iou(kpts[i], kpts[order[1:]], areas[i], areas[order[1:]], sigmas)
+            order = order[np.where(ovr <= oks_thr)[0] + 1]
+        out[image_id] = [rescored[i] for i in keep]
+    return out
+
+
+_NMS: dict[str, Any] = {}
+
+
+@pytest.mark.parametrize("backend", ["reference", "posebh"])
+def test_bench_oks_nms(benchmark, backend: str) -> None:
+    num_images, num_boxes = (25, 520) if benchmark.disabled else (5_000, 104_125)
+    key = (num_images, num_boxes)
+    if _NMS.get("key") != key:
+        per_image: dict[Any, list[dict]] = defaultdict(list)
+        for p in synthetic_predictions(num_images, num_boxes):
+            per_image[p["image_id"]].append(p)
+        _NMS.clear()
+        _NMS.update(key=key, per_image=dict(per_image))
+    per_image = _NMS["per_image"]
+    sigmas = get_skeleton("coco").sigmas_array()
+    if backend == "reference":
+        run = lambda: _official_rescore_and_nms(per_image, sigmas)  # noqa: E731
+    else:
+        run = lambda: rescore_and_nms(per_image, sigmas, vis_thr=0.2, oks_thr=0.9)  # noqa: E731
+    rounds = 1 if benchmark.disabled or backend == "reference" else 3
+    kept = benchmark.pedantic(run, rounds=rounds, iterations=1)
+    summary = {img: [(p["index"], p["score"]) for p in ps] for img, ps in kept.items()}
+    if "kept" not in _NMS:
+        _NMS["kept"] = summary
+    assert summary == _NMS["kept"]  # both backends: the same boxes, the same scores
+    assert 0 < sum(map(len, summary.values())) < num_boxes
+    if benchmark.disabled or not benchmark.stats:
+        return
+    seconds = benchmark.stats.stats.min
+    if backend == "reference":
+        _NMS["reference_s"] = seconds
+    info = {
+        "case": "oks_nms",
+        "backend": backend,
+        "boxes": num_boxes,
+        "images": num_images,
+        "kept": sum(map(len, summary.values())),
+        "seconds": seconds,
+    }
+    if "reference_s" in _NMS:
+        info["ratio_vs_reference"] = _NMS["reference_s"] / seconds
+    benchmark.extra_info.update(info)
