@@ -39,9 +39,22 @@ from .base import (
     box_to_center_scale,
     clean_bbox,
     load_json,
+    parse_json,
     progress,
+    read_json_bytes,
     require,
 )
+from .coco_columns import (
+    BAD_BBOX,
+    CROWD,
+    NO_BBOX,
+    NO_KPT_FIELD,
+    NO_KPTS,
+    ORPHAN,
+    ColumnRead,
+    read_keypoints_columns,
+)
+from .table import InstanceTable
 
 __all__ = [
     "COCO_STYLE_DATASETS",
@@ -80,6 +93,18 @@ SKIP_NO_BODY_KPTS = "no labelled body keypoints (max(keypoints) == 0)"
 SKIP_ORPHAN = "image_id not in 'images'"
 SKIP_NOT_PERSON = "category_id != 1"
 SKIP_LOW_SCORE = "score < det_bbox_thr"
+_SKIP_REASONS = {
+    ORPHAN: SKIP_ORPHAN,
+    CROWD: SKIP_CROWD,
+    NO_BBOX: SKIP_NO_BBOX,
+    BAD_BBOX: SKIP_BAD_BBOX,
+    NO_KPT_FIELD: SKIP_NO_KPT_FIELD,
+    NO_KPTS: SKIP_NO_KPTS,
+}
+
+#: Read well-formed files column-at-a-time (:mod:`posebh.datasets.coco_columns`); False runs
+#: the per-record reader on every file (the two give the same instances; tests compare them).
+COLUMN_PATH = True
 
 
 def _index_images(data: Any, source: Path) -> tuple[dict[Any, dict[str, Any]], list[Any]]:
@@ -137,7 +162,28 @@ def read_coco_keypoints(
     skeleton = get_skeleton(dataset)
     k = skeleton.num_keypoints
     wholebody = dataset == "coco_wholebody"
-    data = load_json(source, f"{dataset} annotation")
+    what = f"{dataset} annotation"
+    raw = read_json_bytes(source, what)
+    columns = (
+        read_keypoints_columns(
+            raw,
+            dataset=dataset,
+            num_keypoints=k,
+            parts=dict(skeleton.parts),
+            part_fields=_WHOLEBODY_FIELDS,
+            wholebody=wholebody,
+            per_instance_category=dataset in _PER_INSTANCE_CATEGORY,
+            img_prefix=str(img_prefix),
+            aspect_ratio=aspect_ratio,
+            padding=padding,
+        )
+        if COLUMN_PATH
+        else None
+    )
+    if columns is not None:
+        return _finish_columns(columns, source, dataset, check_images)
+    data = parse_json(raw, source, what)
+    del raw
     images, image_order = _index_images(data, source)
     anns = require(data, "annotations", "the top-level object", source)
     if not isinstance(anns, list):
@@ -195,7 +241,32 @@ def read_coco_keypoints(
     summary.kept = len(instances)
     summary.images = images_with_instances
     summary.check()
-    return instances, summary
+    return InstanceTable.from_instances(instances, dataset, k), summary
+
+
+def _finish_columns(
+    columns: ColumnRead, source: Path, dataset: str, check_images: bool
+) -> tuple[InstanceTable, ReadSummary]:
+    """Summary and image check of a column read (the per-record reader's, same order)."""
+    table = columns.table
+    summary = ReadSummary(
+        dataset=dataset, source=str(source), unit="annotation", read=columns.num_records
+    )
+    _note_if_empty(summary, columns.num_images, columns.num_records)
+    reasons = _SKIP_REASONS | (
+        {NO_KPTS: SKIP_NO_BODY_KPTS} if dataset == "coco_wholebody" else {}
+    )
+    for code, count in columns.skipped:
+        summary.skip(reasons[code], count)
+    check = ImageChecker(check_images, source)
+    for image_file, image_id, (i, ann_id) in zip(
+        table.image_files, table.image_ids, columns.first_records, strict=True
+    ):
+        check(image_file, image_id, f"annotations[{i}] (id={ann_id})")
+    summary.kept = len(table)
+    summary.images = columns.images
+    summary.check()
+    return table, summary
 
 
 def _coco_instance(
