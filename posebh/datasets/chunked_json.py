@@ -45,13 +45,14 @@ def _outside_strings(raw: bytes, start: int, positions: Iterator[re.Match[bytes]
 
 
 def split_array(
-    raw: bytes, key: str, chunk_bytes: int = CHUNK_BYTES
+    raw: bytes, key: str, chunk_bytes: int | None = None
 ) -> tuple[dict[str, Any], Iterator[list[Any]], int] | None:
     """(the document with its top-level ``key`` array taken out, an iterator of the array's
     elements in chunks (lists, file order), the array's byte length) or ``None`` when ``raw``
     is not the simple case (a backslash anywhere, ``key`` not found exactly once, elements that
-    are not objects, ...) or a piece is not valid JSON: then parse ``raw`` whole. The iterator raises
-    :class:`InvalidPiece` for a chunk that is not valid JSON (parse ``raw`` whole then too).
+    are not objects, ...) or a piece is not valid JSON: then parse ``raw`` whole. The iterator
+    raises :class:`InvalidPiece` for a chunk that is not valid JSON (parse ``raw`` whole then
+    too).
     """
     if b"\\" in raw or _SENTINEL.encode() in raw:
         return None
@@ -75,7 +76,7 @@ def split_array(
         if last_brace is None:
             return None
         end = raw.index(b"]", last_brace)
-        bounds = _chunk_bounds(raw, first, last_brace + 1, chunk_bytes)
+        bounds = _chunk_bounds(raw, first, last_brace + 1, chunk_bytes or CHUNK_BYTES)
     else:
         return None
     try:
@@ -112,4 +113,3 @@ def _chunks(raw: bytes, bounds: list[tuple[int, int]]) -> Iterator[list[Any]]:
             yield orjson.loads(b"[" + raw[a:b] + b"]")
         except orjson.JSONDecodeError as e:
             raise InvalidPiece(str(e)) from None
-

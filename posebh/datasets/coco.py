@@ -253,16 +253,15 @@ def _finish_columns(
         dataset=dataset, source=str(source), unit="annotation", read=columns.num_records
     )
     _note_if_empty(summary, columns.num_images, columns.num_records)
-    reasons = _SKIP_REASONS | (
-        {NO_KPTS: SKIP_NO_BODY_KPTS} if dataset == "coco_wholebody" else {}
-    )
+    reasons = _SKIP_REASONS | ({NO_KPTS: SKIP_NO_BODY_KPTS} if dataset == "coco_wholebody" else {})
     for code, count in columns.skipped:
         summary.skip(reasons[code], count)
-    check = ImageChecker(check_images, source)
-    for image_file, image_id, (i, ann_id) in zip(
-        table.image_files, table.image_ids, columns.first_records, strict=True
-    ):
-        check(image_file, image_id, f"annotations[{i}] (id={ann_id})")
+    if check_images:
+        check = ImageChecker(check_images, source)
+        for image_file, image_id, (i, ann_id) in zip(
+            table.image_files, table.image_ids, columns.first_records, strict=True
+        ):
+            check(image_file, image_id, f"annotations[{i}] (id={ann_id})")
     summary.kept = len(table)
     summary.images = columns.images
     summary.check()

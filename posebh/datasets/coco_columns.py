@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from itertools import chain, repeat
+from operator import is_not
 from typing import Any
 
 import numpy as np
@@ -32,7 +34,6 @@ __all__ = [
     "ColumnRead",
     "box_to_center_scale_columns",
     "clean_bbox_columns",
-    "read_detections_columns",
     "read_keypoints_columns",
 ]
 
@@ -68,7 +69,7 @@ def _ints(values: list[Any]) -> np.ndarray:
     """Python ints (not bool) as int64; anything else is not simple."""
     if not values:
         return np.zeros(0, np.int64)
-    if not all(type(v) is int for v in values):
+    if set(map(type, values)) != {int}:
         raise _NotSimple
     try:
         arr = np.array(values)
@@ -140,6 +141,19 @@ def box_to_center_scale_columns(
     scale = np.stack([w_fixed / 200.0, h_fixed / 200.0], axis=1).astype(np.float32)
     scale = scale * padding
     return center, scale.astype(np.float32, copy=False)
+
+
+def _present(values: list[Any]) -> np.ndarray:
+    """[n] bool: which values are not the missing-field marker."""
+    return np.fromiter(map(is_not, values, repeat(_MISSING)), bool, count=len(values))
+
+
+def _join(prefix: str, name: str) -> str:
+    """``os.path.join(prefix, name)`` for an absolute ``prefix`` (inline on POSIX: it runs
+    once per image)."""
+    if os.sep != "/" or name.startswith("/"):
+        return os.path.join(prefix, name)
+    return prefix + name if prefix.endswith("/") else prefix + "/" + name
 
 
 def _plain_number(value: Any) -> bool:
@@ -236,11 +250,11 @@ class _Images:
 
 def _images(doc: dict[str, Any]) -> _Images:
     records = doc.get("images", _MISSING)
-    if type(records) is not list or not all(type(r) is dict for r in records):
+    if type(records) is not list or not set(map(type, records)) <= {dict}:
         raise _NotSimple
     ids = [r.get("id", _MISSING) for r in records]
     names = [r.get("file_name", _MISSING) for r in records]
-    if not all(type(n) is str for n in names):
+    if not set(map(type, names)) <= {str}:
         raise _NotSimple
     width = _sizes([r.get("width", _MISSING) for r in records])
     height = _sizes([r.get("height", _MISSING) for r in records])
@@ -264,7 +278,7 @@ def _keypoint_chunk(
     aspect_ratio: float,
     padding: float,
 ) -> _Chunk:
-    if not all(type(a) is dict for a in anns):
+    if set(map(type, anns)) != {dict}:
         raise _NotSimple
     k = num_keypoints
     n = len(anns)
@@ -272,7 +286,7 @@ def _keypoint_chunk(
     image_pos = images.positions(_ints([a.get("image_id", _MISSING) for a in anns]))
     crowd = np.fromiter(map(bool, [a.get("iscrowd", 0) for a in anns]), bool, count=n)
     body = [a.get("keypoints", _MISSING) for a in anns]
-    has_kp = np.fromiter((v is not _MISSING for v in body), bool, count=n)
+    has_kp = _present(body)
     kp_rows = np.flatnonzero(has_kp)
     if wholebody:
         chunks = []
@@ -287,7 +301,7 @@ def _keypoint_chunk(
         label_max = kpts.max(axis=1)
     kpts = kpts.reshape(-1, k, 3)
     boxes_raw = [a.get("bbox", _MISSING) for a in anns]
-    has_bbox = np.fromiter((b is not _MISSING for b in boxes_raw), bool, count=n)
+    has_bbox = _present(boxes_raw)
     box_rows = np.flatnonzero(has_bbox)
     boxes_in = _numbers([boxes_raw[i] for i in box_rows.tolist()], 4)
     area_raw = [a.get("area") for a in anns]
@@ -364,9 +378,10 @@ def _keypoint_chunk(
 
 def _area_column(values: list[Any]) -> np.ndarray:
     """'area' values as float64, NaN where absent (None); other types are not simple."""
-    if not all(v is None or _plain_number(v) for v in values):
+    if not set(map(type, values)) <= {int, float, type(None)}:
         raise _NotSimple
-    return np.array([np.nan if v is None else float(v) for v in values], np.float64).reshape(-1)
+    # NumPy reads None as NaN and an int as float(int) does.
+    return np.array(values, np.float64).reshape(-1)
 
 
 def _wholebody_extras(
@@ -426,14 +441,12 @@ def _assemble(
         return (np.concatenate(parts) if parts else empty)[rank]
 
     def cat_list(name: str) -> list[Any]:
-        values = [v for c in read for v in getattr(c, name)]
+        values = list(chain.from_iterable(getattr(c, name) for c in read))
         return [values[i] for i in rank.tolist()]
 
     ann_ids = cat("kept_ids", np.zeros(0, np.int64))
     prefix = os.path.abspath(img_prefix)
-    first_records = [
-        (int(kept_file[rank[f]]), int(ann_ids[f])) for f in first.tolist()
-    ]
+    first_records = list(zip(kept_file[rank[first]].tolist(), ann_ids[first].tolist(), strict=True))
     extras_columns: dict[str, list[Any]] = {"num_keypoints": cat_list("num_keypoints")}
     if wholebody:
         extras_columns["part_valid"] = cat_list("part_valid")
@@ -441,7 +454,7 @@ def _assemble(
     boxes = cat("boxes", np.zeros((0, 4)))
     table = InstanceTable(
         dataset=dataset,
-        image_files=[os.path.join(prefix, images.names[j]) for j in unique_pos.tolist()],
+        image_files=[_join(prefix, images.names[j]) for j in unique_pos.tolist()],
         image_ids=[images.ids[j] for j in unique_pos.tolist()],
         image_index=image_index.reshape(-1),
         ann_ids=ann_ids,
@@ -455,6 +468,4 @@ def _assemble(
         extras_constant={"iscrowd": 0},
         extras_columns=extras_columns,
     )
-    return ColumnRead(
-        table, skipped, first_records, int(len(unique_pos)), len(images.ids), len(outcome)
-    )
+    return ColumnRead(table, skipped, first_records, len(unique_pos), len(images.ids), len(outcome))

@@ -75,7 +75,7 @@ class InstanceTable(Sequence[Instance]):
         self.scales = _readonly(np.asarray(scales, dtype=np.float32).reshape(n, 2))
         if keypoints.ndim != 3 or keypoints.shape[0] != n or keypoints.shape[2] != 3:
             raise ValueError(f"keypoints must have shape ({n}, K, 3), got {keypoints.shape}")
-        self.keypoints = keypoints if not keypoints.flags.writeable else _readonly(keypoints)
+        self.keypoints = _readonly(keypoints)
         self.bbox_scores = _readonly(np.asarray(bbox_scores, dtype=np.float64).reshape(n))
         self.areas = _readonly(np.asarray(areas, dtype=np.float64).reshape(n))
         self.extras_constant = dict(extras_constant or {})
@@ -131,6 +131,13 @@ class InstanceTable(Sequence[Instance]):
     def __repr__(self) -> str:
         k = self.keypoints.shape[1]
         return f"InstanceTable({self.dataset!r}, {len(self)} instances, K={k})"
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        # Unpickled arrays are writable copies: freeze them again.
+        self.__dict__.update(state)
+        for value in state.values():
+            if isinstance(value, np.ndarray):
+                value.setflags(write=False)
 
     # ---------------------------------------------------------------------------------------
 
@@ -215,9 +222,7 @@ class InstanceTable(Sequence[Instance]):
             bboxes=np.array([inst.bbox for inst in instances], dtype=np.float64).reshape(n, 4),
             centers=stack([inst.center for inst in instances], (2,), np.float32),
             scales=stack([inst.scale for inst in instances], (2,), np.float32),
-            keypoints=stack(
-                [inst.keypoints for inst in instances], (num_keypoints, 3), np.float32
-            ),
+            keypoints=stack([inst.keypoints for inst in instances], (num_keypoints, 3), np.float32),
             bbox_scores=np.array([inst.bbox_score for inst in instances], dtype=np.float64),
             areas=np.array([inst.area for inst in instances], dtype=np.float64),
             extras_rows=[inst.extras for inst in instances],
