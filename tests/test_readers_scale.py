@@ -24,7 +24,7 @@ import pytest
 
 import posebh.datasets.chunked_json as chunked_json
 import posebh.datasets.coco as coco_module
-from posebh.datasets import DatasetError, Instance, read_coco_keypoints
+from posebh.datasets import DatasetError, Instance, read_coco_detections, read_coco_keypoints
 from posebh.datasets.coco_columns import read_keypoints_columns
 from posebh.datasets.table import InstanceTable
 from posebh.skeletons import get_skeleton
@@ -372,3 +372,80 @@ def test_instance_table_behaves_as_a_list(fixtures_dir: Path) -> None:
         table.keypoints[0, 0, 0] = 1.0
     again = InstanceTable.from_instances(items, "coco", 17)
     assert_same(again, [dataclasses.asdict(i) for i in items])
+
+
+# ---------------------------------------------------------------------------------------------
+# Detection files
+# ---------------------------------------------------------------------------------------------
+
+
+def reference_detections(det_file: Path, gt_file: Path, prefix: Path, thr: float) -> list[dict]:
+    """The official _load_coco_person_detection_results, written out."""
+    images = {img["id"]: img for img in json.loads(gt_file.read_text())["images"]}
+    out = []
+    for i, det in enumerate(json.loads(det_file.read_text())):
+        if det["category_id"] != 1 or det["score"] < thr:
+            continue
+        x, y, w, h = (float(v) for v in det["bbox"][:4])
+        center = np.array([x + w * 0.5, y + h * 0.5], dtype=np.float32)
+        cw, ch = w, h
+        if cw > AR * ch:
+            ch = cw * 1.0 / AR
+        elif cw < AR * ch:
+            cw = ch * AR
+        scale = np.array([cw / 200.0, ch / 200.0], dtype=np.float32) * PAD
+        out.append(
+            {
+                "image_file": f"{prefix.resolve()}/{images[det['image_id']]['file_name']}",
+                "image_id": det["image_id"],
+                "ann_id": None,
+                "category_id": 1,
+                "bbox": (x, y, w, h),
+                "center": center,
+                "scale": scale,
+                "keypoints": np.zeros((17, 3), np.float32),
+                "bbox_score": float(det["score"]),
+                "area": w * h,
+                "extras": {"det_index": i},
+            }
+        )
+    return out
+
+
+@pytest.mark.parametrize("thr", [0.0, 0.3])
+def test_detections_match_the_reference(fixtures_dir: Path, tmp_path: Path, thr: float) -> None:
+    coco = fixtures_dir / "coco"
+    gt_file = coco / "test_coco.json"
+    rng = random.Random(int(thr * 10))
+    image_ids = [img["id"] for img in json.loads(gt_file.read_text())["images"]]
+    dets = json.loads((coco / "test_coco_det_AP_H_56.json").read_text())
+    for _ in range(300):
+        dets.append(
+            {
+                "image_id": rng.choice(image_ids),
+                "category_id": rng.choice([1, 1, 1, 3]),
+                "bbox": [
+                    rng.uniform(-20, 600),
+                    rng.randrange(400),
+                    rng.choice([rng.uniform(0.1, 300), 0, 42]),
+                    rng.choice([rng.uniform(0.1, 300), 17]),
+                ],
+                "score": rng.choice([rng.random(), 1, 0.3]),
+            }
+        )
+    det_file = tmp_path / "dets.json"
+    det_file.write_text(json.dumps(dets))
+    expected = reference_detections(det_file, gt_file, coco, thr)
+    results = []
+    for column_path in (True, False):
+        coco_module.COLUMN_PATH = column_path
+        try:
+            results.append(read_coco_detections(det_file, gt_file, coco, det_bbox_thr=thr))
+        finally:
+            coco_module.COLUMN_PATH = True
+    (a, sa), (b, sb) = results
+    assert a.keypoints.strides[0] == 0  # the column path's shared zeros: it read this file
+    assert_same(a, expected)
+    assert_same(b, expected)
+    assert list(sa.skipped.items()) == list(sb.skipped.items()) and sa.images == sb.images
+    assert sa.skipped["category_id != 1"] > 0 and (thr == 0 or sa.skipped["score < det_bbox_thr"])

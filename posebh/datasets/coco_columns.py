@@ -15,7 +15,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from itertools import chain, repeat
-from operator import is_not
+from operator import eq, is_not
 from typing import Any
 
 import numpy as np
@@ -27,6 +27,8 @@ __all__ = [
     "BAD_BBOX",
     "CROWD",
     "KEPT",
+    "LOW_SCORE",
+    "NOT_PERSON",
     "NO_BBOX",
     "NO_KPTS",
     "NO_KPT_FIELD",
@@ -34,6 +36,7 @@ __all__ = [
     "ColumnRead",
     "box_to_center_scale_columns",
     "clean_bbox_columns",
+    "read_detections_columns",
     "read_keypoints_columns",
 ]
 
@@ -54,7 +57,8 @@ class ColumnRead:
 
     ``skipped``: (outcome code, count) in the order the per-record reader first meets each
     reason; ``first_records``: per image of ``table.image_files``, (file index, id) of its first
-    kept record (what the image check names); ``images``: images with a kept record.
+    kept record (what the image check names; for detections (box index, image index in the
+    table), in file order); ``images``: images with a kept record.
     """
 
     table: InstanceTable
@@ -469,3 +473,95 @@ def _assemble(
         extras_columns=extras_columns,
     )
     return ColumnRead(table, skipped, first_records, len(unique_pos), len(images.ids), len(outcome))
+
+
+# ---------------------------------------------------------------------------------------------
+# Detection files
+# ---------------------------------------------------------------------------------------------
+
+NOT_PERSON, LOW_SCORE = 7, 8
+
+
+def read_detections_columns(
+    dets: list[Any],
+    images: dict[Any, dict[str, Any]],
+    *,
+    dataset: str,
+    num_keypoints: int,
+    img_prefix: str,
+    det_bbox_thr: float,
+    aspect_ratio: float,
+    padding: float,
+) -> ColumnRead | None:
+    """The boxes of a parsed detection-results list as the per-record reader keeps them (GT
+    ``images`` by id), or ``None`` if the list needs that reader (any record it would refuse,
+    boxes of more than 4 values, non-int image ids, ...)."""
+    if not all(map(_plain_number, (aspect_ratio, padding, det_bbox_thr))):
+        return None
+    if set(map(type, dets)) != {dict}:
+        return None
+    fields = [
+        [d.get(key, _MISSING) for d in dets] for key in ("category_id", "image_id", "bbox", "score")
+    ]
+    if any(_MISSING in column for column in fields):
+        return None
+    categories, image_ids, boxes_raw, scores_raw = fields
+    n = len(dets)
+    try:
+        boxes = _numbers(boxes_raw, 4)
+        if not set(map(type, scores_raw)) <= {int, float}:
+            raise _NotSimple
+        scores = np.array(scores_raw, np.float64)
+        if not np.isfinite(scores).all():  # json reads NaN / Infinity: the error names it
+            raise _NotSimple
+        person = np.fromiter(map(eq, categories, repeat(1)), bool, count=n)
+        person_rows = np.flatnonzero(person)
+        ids = _ints([image_ids[i] for i in person_rows.tolist()])
+    except _NotSimple:
+        return None
+    if any(images.get(i, _MISSING) is _MISSING for i in set(ids.tolist())):
+        return None  # an image the GT lacks: the per-record reader names it
+    outcome = np.full(n, KEPT, np.int8)
+    outcome[~person] = NOT_PERSON
+    low = person & (scores < det_bbox_thr)
+    outcome[low] = LOW_SCORE
+    kept = np.flatnonzero(outcome == KEPT)
+    w, h = boxes[kept, 2], boxes[kept, 3]
+    if ((w < 0) | (h < 0) | ~((w > 0) | (h > 0))).any():
+        return None  # a box of negative size or 0×0: the per-record reader names it
+    skipped = [
+        (code, int((outcome == code).sum()))
+        for code in sorted(
+            {NOT_PERSON, LOW_SCORE} & set(outcome.tolist()),
+            key=lambda c: int(np.argmax(outcome == c)),
+        )
+    ]
+    kept_ids = np.array([image_ids[i] for i in kept.tolist()], np.int64)
+    unique_ids, first, image_index = np.unique(kept_ids, return_index=True, return_inverse=True)
+    prefix = os.path.abspath(img_prefix)
+    names = [images[i]["file_name"] for i in unique_ids.tolist()]
+    if not set(map(type, names)) <= {str}:
+        return None
+    kept_boxes = boxes[kept]
+    centers, scales = box_to_center_scale_columns(kept_boxes, aspect_ratio, padding)
+    table = InstanceTable(
+        dataset=dataset,
+        image_files=[_join(prefix, name) for name in names],
+        image_ids=unique_ids.tolist(),
+        image_index=image_index.reshape(-1),
+        ann_ids=[None] * len(kept),
+        category_ids=np.ones(len(kept), np.int64),
+        bboxes=kept_boxes,
+        centers=centers,
+        scales=scales,
+        keypoints=np.broadcast_to(
+            np.zeros((1, num_keypoints, 3), np.float32), (len(kept), num_keypoints, 3)
+        ),
+        bbox_scores=scores[kept],
+        areas=w * h,
+        extras_columns={"det_index": kept.tolist()},
+    )
+    # The image check runs in file order: each image at its first kept box.
+    by_first = np.argsort(first, kind="stable")
+    first_records = [(int(kept[first[j]]), j) for j in by_first.tolist()]
+    return ColumnRead(table, skipped, first_records, len(unique_ids), len(images), n)
