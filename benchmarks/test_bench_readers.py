@@ -19,9 +19,9 @@ memory. ``extra_info`` holds ``min_ms``, ``reference_min_ms``, ``speedup_vs_refe
 Peak memory: each reader runs once in a fresh Python process; peak = the resident-set high-water
 mark (``VmHWM``, Linux) after the read minus the mark after the imports (both sides import numpy,
 orjson, pycocotools and posebh.datasets first). (``ru_maxrss`` would not do: a process started
-from this big pytest process inherits its peak.) The resident-set peak counts what either side allocates outside
-Python's allocator (orjson's parse buffers, NumPy arrays, the file bytes), which tracemalloc
-would not see in full; the same measure is applied to both.
+from this big pytest process inherits its peak.) The resident-set peak counts what either side
+allocates outside Python's allocator (orjson's parse buffers, NumPy arrays, the file bytes),
+which tracemalloc would not see in full; the same measure is applied to both.
 
 With ``--benchmark-disable`` (CI smoke) the files are 2,000 images / 2,500 persons and 2,000
 boxes, nothing is timed and no subprocess runs: every reader runs once and is checked.
