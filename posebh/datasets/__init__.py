@@ -1,6 +1,7 @@
 """Dataset readers for the real on-disk formats of the PoseBH / ViTPose++ datasets.
 
-Every reader returns ``(instances, summary)``: a list of :class:`Instance` (one top-down box
+Every reader returns ``(instances, summary)``: a sequence of :class:`Instance` (a list, or
+for the COCO-format readers an :class:`InstanceTable` that stores columns) (one top-down box
 with ``center`` [2], ``scale`` [2], ``keypoints`` [K, 3]) and a :class:`ReadSummary` that
 counts what was read, kept and skipped per reason. Bad input raises :class:`DatasetError`.
 :func:`default_spec` gives the official ``data/`` layout; :func:`read_dataset` dispatches.
@@ -30,6 +31,7 @@ from .coco import (
 from .interhand import project_world_to_pixel, read_interhand2d
 from .mpii import load_mpii_gt, mpii_gt_file, read_mpii
 from .specs import DATASET_NAMES, SPLITS, DatasetSpec, default_spec, read_dataset
+from .table import InstanceTable
 
 __all__ = [
     "COCO_STYLE_DATASETS",
@@ -39,6 +41,7 @@ __all__ = [
     "DatasetError",
     "DatasetSpec",
     "Instance",
+    "InstanceTable",
     "ReadSummary",
     "box_to_center_scale",
     "check_image",

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import numpy as np
+import orjson
 
 __all__ = [
     "DEFAULT_ASPECT_RATIO",
@@ -31,6 +32,8 @@ __all__ = [
     "check_image",
     "clean_bbox",
     "load_json",
+    "parse_json",
+    "read_json_bytes",
 ]
 
 #: Input width / height of every PoseBH / ViTPose++ config (``image_size=[192, 256]``).
@@ -189,8 +192,8 @@ def clean_bbox(
     return None
 
 
-def load_json(path: str | os.PathLike[str], what: str) -> Any:
-    """Load a JSON file; ``DatasetError`` naming the file (and line/column) if it cannot be."""
+def read_json_bytes(path: str | os.PathLike[str], what: str) -> bytes:
+    """The bytes of a JSON file; ``DatasetError`` naming the file if it is missing or empty."""
     p = Path(path)
     if not p.is_file():
         raise DatasetError(
@@ -202,9 +205,40 @@ def load_json(path: str | os.PathLike[str], what: str) -> Any:
             f"{what} file {p} is empty (0 bytes). Fix: the download or copy was interrupted; "
             "download or regenerate it."
         )
+    return p.read_bytes()
+
+
+# Every decimal digit → "0", to find long digit runs with one bytes.find.
+_DIGITS_TO_ZERO = bytes(48 if 48 <= b <= 57 else b for b in range(256))
+
+
+def orjson_is_exact(raw: bytes) -> bool:
+    """True if orjson reads ``raw`` to the same values as Python's ``json`` when it reads it.
+
+    The one difference on valid JSON: an integer outside the 64-bit range (19+ digits) is a
+    float for orjson and an int for ``json``. (orjson also rejects what ``json`` accepts beyond
+    strict JSON, such as NaN, Infinity or lone surrogates; callers fall back on an error.)
+    """
+    return raw.translate(_DIGITS_TO_ZERO).find(b"0" * 19) < 0
+
+
+def parse_json(raw: bytes, path: str | os.PathLike[str], what: str) -> Any:
+    """Parse JSON ``raw`` (the bytes of ``path``); ``DatasetError`` naming the file (and
+    line/column) if it is not JSON.
+
+    orjson first (about twice as fast as ``json`` and it builds the same objects); on any
+    orjson error, or when ``raw`` has integers orjson would read as floats, Python's ``json``
+    decides, so that NaN / Infinity tokens still read (the readers then name the field with the
+    non-finite value) and a truly invalid file is reported with ``json``'s line and column.
+    """
+    if orjson_is_exact(raw):
+        try:
+            return orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            pass
+    p = Path(path)
     try:
-        with p.open("rb") as f:
-            return json.load(f)
+        return json.loads(raw)
     except json.JSONDecodeError as e:
         raise DatasetError(
             f"{what} file {p} is not valid JSON: line {e.lineno} column {e.colno}: {e.msg}. "
@@ -214,6 +248,11 @@ def load_json(path: str | os.PathLike[str], what: str) -> Any:
         raise DatasetError(
             f"{what} file {p} is not UTF-8 JSON ({e}). Fix: download or regenerate it."
         ) from e
+
+
+def load_json(path: str | os.PathLike[str], what: str) -> Any:
+    """Load a JSON file; ``DatasetError`` naming the file (and line/column) if it cannot be."""
+    return parse_json(read_json_bytes(path, what), path, what)
 
 
 class ImageChecker:

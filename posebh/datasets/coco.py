@@ -39,9 +39,24 @@ from .base import (
     box_to_center_scale,
     clean_bbox,
     load_json,
+    parse_json,
     progress,
+    read_json_bytes,
     require,
 )
+from .coco_columns import (
+    BAD_BBOX,
+    CROWD,
+    NO_BBOX,
+    NO_KPT_FIELD,
+    NO_KPTS,
+    NOT_PERSON,
+    ORPHAN,
+    ColumnRead,
+    read_detections_columns,
+    read_keypoints_columns,
+)
+from .table import InstanceTable
 
 __all__ = [
     "COCO_STYLE_DATASETS",
@@ -80,6 +95,18 @@ SKIP_NO_BODY_KPTS = "no labelled body keypoints (max(keypoints) == 0)"
 SKIP_ORPHAN = "image_id not in 'images'"
 SKIP_NOT_PERSON = "category_id != 1"
 SKIP_LOW_SCORE = "score < det_bbox_thr"
+_SKIP_REASONS = {
+    ORPHAN: SKIP_ORPHAN,
+    CROWD: SKIP_CROWD,
+    NO_BBOX: SKIP_NO_BBOX,
+    BAD_BBOX: SKIP_BAD_BBOX,
+    NO_KPT_FIELD: SKIP_NO_KPT_FIELD,
+    NO_KPTS: SKIP_NO_KPTS,
+}
+
+#: Read well-formed files column-at-a-time (:mod:`posebh.datasets.coco_columns`); False runs
+#: the per-record reader on every file (the two give the same instances; tests compare them).
+COLUMN_PATH = True
 
 
 def _index_images(data: Any, source: Path) -> tuple[dict[Any, dict[str, Any]], list[Any]]:
@@ -122,10 +149,11 @@ def read_coco_keypoints(
     aspect_ratio: float = DEFAULT_ASPECT_RATIO,
     padding: float = 1.25,
     show_progress: bool | None = None,
-) -> tuple[list[Instance], ReadSummary]:
+) -> tuple[InstanceTable, ReadSummary]:
     """GT instances of a COCO-format keypoint file, as the official 0.x loader keeps them.
 
-    Returns ([Instance], summary); each instance has ``keypoints`` [K, 3] for the ``dataset``
+    Returns (instances, summary): an :class:`InstanceTable` (a sequence of ``Instance``, built
+    on access from columns); each instance has ``keypoints`` [K, 3] for the ``dataset``
     skeleton (one of ``COCO_STYLE_DATASETS``), ``bbox_score`` 1.0 and ``extras``
     {"iscrowd": 0, "num_keypoints": ...} plus, for WholeBody, ``part_valid`` (the file's
     ``<part>_valid`` flags; body True) and ``part_boxes`` (``face_box``, ``lefthand_box``,
@@ -137,7 +165,28 @@ def read_coco_keypoints(
     skeleton = get_skeleton(dataset)
     k = skeleton.num_keypoints
     wholebody = dataset == "coco_wholebody"
-    data = load_json(source, f"{dataset} annotation")
+    what = f"{dataset} annotation"
+    raw = read_json_bytes(source, what)
+    columns = (
+        read_keypoints_columns(
+            raw,
+            dataset=dataset,
+            num_keypoints=k,
+            parts=dict(skeleton.parts),
+            part_fields=_WHOLEBODY_FIELDS,
+            wholebody=wholebody,
+            per_instance_category=dataset in _PER_INSTANCE_CATEGORY,
+            img_prefix=str(img_prefix),
+            aspect_ratio=aspect_ratio,
+            padding=padding,
+        )
+        if COLUMN_PATH
+        else None
+    )
+    if columns is not None:
+        return _finish_columns(columns, source, dataset, check_images)
+    data = parse_json(raw, source, what)
+    del raw
     images, image_order = _index_images(data, source)
     anns = require(data, "annotations", "the top-level object", source)
     if not isinstance(anns, list):
@@ -195,7 +244,31 @@ def read_coco_keypoints(
     summary.kept = len(instances)
     summary.images = images_with_instances
     summary.check()
-    return instances, summary
+    return InstanceTable.from_instances(instances, dataset, k), summary
+
+
+def _finish_columns(
+    columns: ColumnRead, source: Path, dataset: str, check_images: bool
+) -> tuple[InstanceTable, ReadSummary]:
+    """Summary and image check of a column read (the per-record reader's, same order)."""
+    table = columns.table
+    summary = ReadSummary(
+        dataset=dataset, source=str(source), unit="annotation", read=columns.num_records
+    )
+    _note_if_empty(summary, columns.num_images, columns.num_records)
+    reasons = _SKIP_REASONS | ({NO_KPTS: SKIP_NO_BODY_KPTS} if dataset == "coco_wholebody" else {})
+    for code, count in columns.skipped:
+        summary.skip(reasons[code], count)
+    if check_images:
+        check = ImageChecker(check_images, source)
+        for image_file, image_id, (i, ann_id) in zip(
+            table.image_files, table.image_ids, columns.first_records, strict=True
+        ):
+            check(image_file, image_id, f"annotations[{i}] (id={ann_id})")
+    summary.kept = len(table)
+    summary.images = columns.images
+    summary.check()
+    return table, summary
 
 
 def _coco_instance(
@@ -304,7 +377,7 @@ def read_coco_detections(
     aspect_ratio: float = DEFAULT_ASPECT_RATIO,
     padding: float = 1.25,
     show_progress: bool | None = None,
-) -> tuple[list[Instance], ReadSummary]:
+) -> tuple[InstanceTable, ReadSummary]:
     """Person boxes of a COCO detection-results file (``use_gt_bbox=False`` evaluation).
 
     The official ``_load_coco_person_detection_results``: boxes in file order; only
@@ -325,6 +398,30 @@ def read_coco_detections(
     summary = ReadSummary(dataset=dataset, source=str(source), unit="detection", read=len(dets))
     summary.notes.append(f"det_bbox_thr = {det_bbox_thr}")
     check = ImageChecker(check_images, source)
+    columns = (
+        read_detections_columns(
+            dets,
+            images,
+            dataset=dataset,
+            num_keypoints=k,
+            img_prefix=str(img_prefix),
+            det_bbox_thr=det_bbox_thr,
+            aspect_ratio=aspect_ratio,
+            padding=padding,
+        )
+        if COLUMN_PATH
+        else None
+    )
+    if columns is not None:
+        for code, count in columns.skipped:
+            summary.skip(SKIP_NOT_PERSON if code == NOT_PERSON else SKIP_LOW_SCORE, count)
+        table = columns.table
+        for i, j in columns.first_records if check_images else ():
+            check(table.image_files[j], table.image_ids[j], f"detection [{i}]")
+        summary.kept = len(table)
+        summary.images = columns.images
+        summary.check()
+        return table, summary
     prefix = os.path.abspath(img_prefix)
     instances: list[Instance] = []
     for i, det in progress(
@@ -379,47 +476,47 @@ def read_coco_detections(
     summary.kept = len(instances)
     summary.images = len({inst.image_id for inst in instances})
     summary.check()
-    return instances, summary
+    return InstanceTable.from_instances(instances, dataset, k), summary
 
 
 def read_coco(
     ann_file: str | os.PathLike[str], img_prefix: str | os.PathLike[str], **kwargs: Any
-) -> tuple[list[Instance], ReadSummary]:
+) -> tuple[InstanceTable, ReadSummary]:
     """COCO person keypoints (17): :func:`read_coco_keypoints` with ``dataset="coco"``."""
     return read_coco_keypoints(ann_file, img_prefix, "coco", **kwargs)
 
 
 def read_aic(
     ann_file: str | os.PathLike[str], img_prefix: str | os.PathLike[str], **kwargs: Any
-) -> tuple[list[Instance], ReadSummary]:
+) -> tuple[InstanceTable, ReadSummary]:
     """AI Challenger in COCO format (14; no ``area``/``iscrowd`` fields): ``dataset="aic"``."""
     return read_coco_keypoints(ann_file, img_prefix, "aic", **kwargs)
 
 
 def read_ap10k(
     ann_file: str | os.PathLike[str], img_prefix: str | os.PathLike[str], **kwargs: Any
-) -> tuple[list[Instance], ReadSummary]:
+) -> tuple[InstanceTable, ReadSummary]:
     """AP-10K (17, 54 categories; ``category_id`` required per instance): ``dataset="ap10k"``."""
     return read_coco_keypoints(ann_file, img_prefix, "ap10k", **kwargs)
 
 
 def read_apt36k(
     ann_file: str | os.PathLike[str], img_prefix: str | os.PathLike[str], **kwargs: Any
-) -> tuple[list[Instance], ReadSummary]:
+) -> tuple[InstanceTable, ReadSummary]:
     """APT-36K (AP-10K format and loader upstream): ``dataset="apt36k"``."""
     return read_coco_keypoints(ann_file, img_prefix, "apt36k", **kwargs)
 
 
 def read_ochuman(
     ann_file: str | os.PathLike[str], img_prefix: str | os.PathLike[str], **kwargs: Any
-) -> tuple[list[Instance], ReadSummary]:
+) -> tuple[InstanceTable, ReadSummary]:
     """OCHuman in COCO format (17, GT boxes): ``dataset="ochuman"``."""
     return read_coco_keypoints(ann_file, img_prefix, "ochuman", **kwargs)
 
 
 def read_pw3d(
     ann_file: str | os.PathLike[str], img_prefix: str | os.PathLike[str], **kwargs: Any
-) -> tuple[list[Instance], ReadSummary]:
+) -> tuple[InstanceTable, ReadSummary]:
     """3DPW as written by PoseBH ``tools/dataset/preprocess_3dpw.py`` (24 SMPL joints).
 
     That file is COCO format: ``keypoints`` = projected SMPL joints with v = 1 inside the image
@@ -431,6 +528,6 @@ def read_pw3d(
 
 def read_coco_wholebody(
     ann_file: str | os.PathLike[str], img_prefix: str | os.PathLike[str], **kwargs: Any
-) -> tuple[list[Instance], ReadSummary]:
+) -> tuple[InstanceTable, ReadSummary]:
     """COCO-WholeBody v1.0 (133 = body 17 | foot 6 | face 68 | left hand 21 | right hand 21)."""
     return read_coco_keypoints(ann_file, img_prefix, "coco_wholebody", **kwargs)

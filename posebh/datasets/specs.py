@@ -18,6 +18,7 @@ are noted in ``_LAYOUT``.
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -313,8 +314,9 @@ def default_spec(
 
 def read_dataset(
     spec: DatasetSpec, *, show_progress: bool | None = None
-) -> tuple[list[Instance], ReadSummary]:
-    """Read ``spec`` with the reader of its dataset; returns ([Instance], summary)."""
+) -> tuple[Sequence[Instance], ReadSummary]:
+    """Read ``spec`` with the reader of its dataset; returns (instances, summary): a list, or an
+    :class:`~posebh.datasets.table.InstanceTable` for the COCO-format readers."""
     name = _canonical(spec.name)
     common = {"check_images": spec.check_images, "show_progress": show_progress}
     if not spec.use_gt_bbox:
