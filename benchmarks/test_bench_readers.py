@@ -51,6 +51,8 @@ from posebh.synth.coco_scale import (
     write_coco_keypoints_file,
 )
 
+pytestmark = pytest.mark.scale  # part of the COCO-size suite (posebh bench -k scale)
+
 pycocotools_coco = pytest.importorskip("pycocotools.coco", reason="pycocotools is the reference")
 
 CASES = {

@@ -1,5 +1,7 @@
-"""The CPU data path at COCO size: readers, training and evaluation pipelines, OKS-NMS,
-COCOeval and a whole ``posebh eval``, against references measured in the same run.
+"""The CPU data path at COCO size: training and evaluation pipelines, OKS-NMS, COCOeval and a
+whole ``posebh eval``, against references measured in the same run. The annotation readers
+at the same size are in ``test_bench_readers.py`` (marked ``scale`` too, so
+``posebh bench -k scale`` runs both).
 
 Data: a generated data root in the official COCO layout (:mod:`posebh.synth.scale_root`):
 5,000 val images at 640×480, the 104,125-box detection file and its GT, a 150,000-person train
@@ -12,8 +14,7 @@ References (written for the benchmark, sharing no code with posebh): pycocotools
 and ``COCOeval``, an mmpose-0.x-style pipeline on OpenCV (``mmpose0x_reference.py``) and the
 official per-pair OKS-NMS loop.
 Every pipeline comparison runs on one core (``torch`` and OpenCV pinned to one thread): the
-throughputs are "per core". Peak memory of the readers is measured in a fresh interpreter per
-reader (peak RSS minus the RSS before the read).
+throughputs are "per core".
 """
 
 from __future__ import annotations
@@ -43,6 +44,8 @@ from posebh.pipeline import (  # noqa: E402
 )
 from posebh.skeletons import get_skeleton  # noqa: E402
 from posebh.synth import scale_root  # noqa: E402
+
+pytestmark = pytest.mark.scale
 
 #: Samples / boxes per timed round (full, small).
 TRAIN_SAMPLES = {"full": 600, "small": 24}
@@ -81,82 +84,6 @@ def one_core():
 
 def _rounds(benchmark, timed: int) -> int:
     return 1 if benchmark.disabled else timed
-
-
-# ------------------------------------------------------------------------------------------
-# Reader: the 150,000-person train file
-# ------------------------------------------------------------------------------------------
-
-_PEAK_SCRIPT = """
-import json, resource, sys, time
-def rss_mb():
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * resource.getpagesize() / 2**20
-which, path = sys.argv[1], sys.argv[2]
-if which == "reference":
-    from pycocotools.coco import COCO
-    import contextlib, io
-    before = rss_mb()
-    start = time.perf_counter()
-    with contextlib.redirect_stdout(io.StringIO()):
-        kept = len(COCO(path).anns)
-else:
-    from posebh.datasets import read_coco_keypoints
-    before = rss_mb()
-    start = time.perf_counter()
-    kept = len(read_coco_keypoints(path, ".", check_images=False)[0])
-seconds = time.perf_counter() - start
-peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-print(json.dumps({"peak_mb": peak - before, "seconds": seconds, "kept": kept}))
-"""
-
-
-def _reader_peak(which: str, path: str) -> dict:
-    done = subprocess.run(
-        [sys.executable, "-c", _PEAK_SCRIPT, which, path],
-        capture_output=True,
-        text=True,
-        check=True,
-    )
-    return json.loads(done.stdout.strip().splitlines()[-1])
-
-
-def _reference_read(path: str) -> int:
-    import contextlib
-    import io
-
-    from pycocotools.coco import COCO
-
-    with contextlib.redirect_stdout(io.StringIO()):
-        return len(COCO(path).anns)
-
-
-@pytest.mark.parametrize("backend", ["reference", "posebh"])
-def test_bench_reader(benchmark, scale: ScaleRoot, backend: str) -> None:
-    path = scale.file(scale_root.TRAIN_GT)
-    if backend == "reference":
-        result = benchmark.pedantic(
-            _reference_read, (path,), rounds=_rounds(benchmark, 2), iterations=1
-        )
-        assert result == scale.manifest["counts"]["train_persons"]
-    else:
-        instances, summary = benchmark.pedantic(
-            read_coco_keypoints,
-            (path, scale.path),
-            {"check_images": False},
-            rounds=_rounds(benchmark, 2),
-            iterations=1,
-        )
-        # Every annotation is accounted for, and only labelled non-crowd ones are kept.
-        assert summary.read == scale.manifest["counts"]["train_persons"]
-        assert summary.kept == len(instances) > 0
-        assert all(
-            inst.keypoints[:, 2].any() for inst in instances[:: max(1, len(instances) // 97)]
-        )
-    benchmark.extra_info.update(case="reader", backend=backend)
-    if not benchmark.disabled:
-        peak = _reader_peak(backend, path)
-        benchmark.extra_info.update(peak_mb=peak["peak_mb"], subprocess_seconds=peak["seconds"])
 
 
 # ------------------------------------------------------------------------------------------

@@ -220,12 +220,12 @@ def test_run_benchmarks_end_to_end(tmp_path: Path) -> None:
 
 
 def test_memory_ratio_against_the_reference_peak_and_its_target() -> None:
-    scale = "test_bench_scale"
+    scale = "test_bench_readers"
     data = {
         "benchmarks": [
-            _bench(scale, "test_bench_reader", {"case": "reader", "backend": "reference"},
+            _bench(scale, "test_bench_reader", {"case": "keypoints_train", "backend": "reference"},
                    min_s=3.2, median_s=3.3, rounds=1, extra={"peak_mb": 450.0}),
-            _bench(scale, "test_bench_reader", {"case": "reader", "backend": "posebh"},
+            _bench(scale, "test_bench_reader", {"case": "keypoints_train", "backend": "posebh"},
                    min_s=2.9, median_s=3.0, rounds=1, extra={"peak_mb": 500.0}),
             _bench(scale, "test_bench_other", {"case": "other", "backend": "reference"},
                    min_s=1.0, median_s=1.0, rounds=1, extra={"peak_mb": 100.0}),
@@ -234,17 +234,17 @@ def test_memory_ratio_against_the_reference_peak_and_its_target() -> None:
         ]
     }  # fmt: skip
     report = build_report(data, versions=VERSIONS)
-    reader = _row(report, "scale", "reader", "posebh")
+    reader = _row(report, "readers", "keypoints_train", "posebh")
     assert reader.memory_ratio == pytest.approx(500.0 / 450.0)
-    assert reader.memory_target == MEMORY_TARGETS[("scale", "reader")] == 1.2
+    assert reader.memory_target == MEMORY_TARGETS[("readers", "keypoints_train")] == 1.2
     assert reader.meets_memory_target is True  # 1.11 ≤ 1.2
     assert reader.ratio_vs_reference == pytest.approx(3.2 / 2.9) and reader.meets_target
-    other = _row(report, "scale", "other", "posebh")  # a ratio, but no target to meet
+    other = _row(report, "readers", "other", "posebh")  # a ratio, but no target to meet
     assert other.memory_ratio == pytest.approx(3.0) and other.meets_memory_target is None
-    assert _row(report, "scale", "reader", "reference").memory_ratio is None
+    assert _row(report, "readers", "keypoints_train", "reference").memory_ratio is None
     table = markdown_table(report)
     assert "1.11× (≤ 1.2× target)" in table and "3.00×" in table
-    assert report.to_dict()["targets"]["scale/reader"] == {
+    assert report.to_dict()["targets"]["readers/keypoints_train"] == {
         "speedup": 1.0,
         "peak_memory_ratio": 1.2,
         "source": "issue 15",
