@@ -456,11 +456,14 @@ def compute_metrics(
     protocol: EvalProtocol,
     *,
     score: bool = True,
+    subset: bool = False,
 ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """Score predictions under the protocol; returns (metrics, the records that were scored).
 
     ``score=False`` (a split without public keypoints, COCO test-dev) stops after rescoring
     and NMS: the records are the server submission, the metrics only count them.
+    ``subset=True``: ``instances`` are only part of the split (``evaluate(max_instances=N)``);
+    the ground truth is cut to them (:func:`_subset_ground_truth`).
     """
     record = get_protocol(protocol.dataset)
     skeleton = record.skeleton
@@ -487,11 +490,10 @@ def compute_metrics(
         records = _coco_records([p for ps in kept.values() for p in ps], record)
         if not score:
             return {"submission": {"results": len(records), "images": len(kept)}}, records
+        gt: Any = _subset_ground_truth(spec, instances) if subset else spec.ann_file
         if protocol.metric == "wholebody":
-            return wholebody_eval(spec.ann_file, records), records
-        stats = oks_eval(
-            spec.ann_file, records, sigmas=skeleton.sigmas_array(), use_area=protocol.use_area
-        )
+            return wholebody_eval(gt, records), records
+        stats = oks_eval(gt, records, sigmas=skeleton.sigmas_array(), use_area=protocol.use_area)
         return stats, records
     preds = np.stack([np.asarray(p["keypoints"])[:, :2] for p in predictions])
     records = [
@@ -505,7 +507,8 @@ def compute_metrics(
                 f"{spec.gt_file!r}. Fix: put the file next to {spec.ann_file}."
             )
         order = np.argsort([int(inst.extras.get("index", i)) for i, inst in enumerate(instances)])
-        return pckh(preds[order], spec.gt_file), records
+        gt_mat: Any = _subset_ground_truth(spec, instances) if subset else spec.gt_file
+        return pckh(preds[order], gt_mat), records
     if protocol.metric == "pck_auc_epe":
         gt = np.stack([np.asarray(inst.keypoints)[:, :2] for inst in instances])
         mask = np.stack([np.asarray(inst.keypoints)[:, 2] > 0 for inst in instances])
@@ -581,6 +584,7 @@ def evaluate(
     checkpoint: str | None = None,
     progress: bool = True,
     decode_backend: str = "auto",
+    max_instances: int | None = None,
     log: Callable[[str], None] | None = print,
 ) -> EvalResult:
     """Evaluate ``model`` on ``dataset`` (a name under ``data_root``'s official layout, or a
@@ -595,8 +599,14 @@ def evaluate(
     ``predictions.json`` is the file to upload to the evaluation server.
     The ``protocol`` defaults to the dataset's official one; ``head``/``expert`` default to
     the dataset's training index (or 0 for a single-head model).
+    ``max_instances=N`` evaluates the first N instances in file order (boxes of the detection
+    file, GT instances otherwise) and scores them against the ground truth of those
+    instances only (:func:`_subset_ground_truth`); the meta says so (``max_instances``,
+    ``instances_total``, ``subset``).
     """
     start = time.perf_counter()
+    if max_instances is not None and max_instances < 1:
+        raise ValueError(f"max_instances must be ≥ 1, got {max_instances}")
     if sum([gt_as_prediction, heatmap_oracle, mean_pose_from is not None]) > 1:
         raise ValueError("pass at most one of gt_as_prediction, heatmap_oracle, mean_pose_from")
     if mean_pose_from is not None and model is not None:
@@ -616,6 +626,10 @@ def evaluate(
         log(f"{name} ({spec.split or split}): {summary}")
     if not instances:
         raise ValueError(f"{spec.ann_file}: no instances to evaluate ({summary})")
+    instances_total = len(instances)
+    capped = max_instances is not None and max_instances < instances_total
+    if capped:
+        instances = instances[:max_instances]
     reference_meta = None
     if gt_as_prediction:
         predictions = ground_truth_predictions(instances)
@@ -662,7 +676,7 @@ def evaluate(
     if submission_only and protocol.metric not in ("oks", "wholebody"):
         raise ValueError(f"submission_only applies to COCO-format splits, not {name}")
     metrics, records = compute_metrics(
-        predictions, instances, spec, protocol, score=not submission_only
+        predictions, instances, spec, protocol, score=not submission_only, subset=capped
     )
     meta = {
         "dataset": name,
@@ -674,6 +688,11 @@ def evaluate(
         "det_bbox_thr": spec.det_bbox_thr,
         "spec_source": spec.source,
         "instances": len(instances),
+        "max_instances": max_instances,
+        "instances_total": instances_total,
+        "subset": _subset_note(protocol.metric, len(instances), instances_total)
+        if capped
+        else None,
         "read_summary": _summary_dict(summary),
         "protocol": dataclasses.asdict(protocol),
         "predictions_from": "ground truth"
@@ -705,6 +724,39 @@ def evaluate(
     if log:
         log(result.table())
     return result
+
+
+def _subset_ground_truth(spec: DatasetSpec, instances: Sequence[Instance]) -> Any:
+    """The ground truth of ``instances`` alone (a ``max_instances`` cap): for OKS metrics the
+    annotation file cut to the images the instances lie in (every annotation of those images
+    kept, so a GT person of a kept image without a kept box counts as missed); for MPII PCKh
+    the ``.mat`` arrays of the kept records, in record order."""
+    if spec.name == "mpii":
+        from posebh.evaluation import load_mpii_gt
+
+        mat = load_mpii_gt(spec.gt_file)
+        rows = np.sort([int(inst.extras.get("index", i)) for i, inst in enumerate(instances)])
+        return {
+            "pos_gt_src": np.asarray(mat["pos_gt_src"])[..., rows],
+            "headboxes_src": np.asarray(mat["headboxes_src"])[..., rows],
+            "jnt_missing": np.asarray(mat["jnt_missing"])[..., rows],
+            **({"dataset_joints": mat["dataset_joints"]} if "dataset_joints" in mat else {}),
+        }
+    data = json.loads(Path(spec.ann_file).read_text())
+    kept = {inst.image_id for inst in instances}
+    data["images"] = [img for img in data["images"] if img["id"] in kept]
+    data["annotations"] = [a for a in data["annotations"] if a["image_id"] in kept]
+    return data
+
+
+def _subset_note(metric: str, kept: int, total: int) -> str:
+    """What a capped evaluation measured, in words (the meta's ``subset``)."""
+    scope = {
+        "oks": "OKS AP over the images of the kept instances (all their GT persons)",
+        "wholebody": "OKS AP over the images of the kept instances (all their GT persons)",
+        "pckh": "PCKh over the kept records",
+    }.get(metric, "the metric over the kept instances")
+    return f"instances evaluated {kept} of {total} (the first {kept} in file order); {scope}"
 
 
 def _summary_dict(summary: ReadSummary) -> dict[str, Any]:

@@ -112,7 +112,7 @@ def test_one_parser_builds_every_command() -> None:
     commands = _subcommands(build_parser())
     assert set(commands) == set(COMMANDS)
     assert set(_subcommands(commands["reproduce"])) == {
-        "table1", "table2", "table3", "table4", "table5", "ablations"
+        "table1", "table2", "table3", "table4", "table5", "ablations", "scale-root"
     }  # fmt: skip
     # Flags that moved from their own parsers keep their names and defaults.
     args = build_parser().parse_args(["regression"])

@@ -36,6 +36,8 @@ examples:
   posebh reproduce table3 --data-root data --weights weights --models posebh_b
   posebh reproduce table1 --data-root data --train --gpus 8 --dry-run
   posebh reproduce ablations            # components, M, compat (see its --help)
+  posebh reproduce scale-root --out data_scale --weights weights_random   # COCO-size root
+  posebh reproduce table1 --data-root data_scale --weights weights_random --max-instances 64
   nox -s reproduce_table1 -- --data-root data --weights weights
 """
 
@@ -74,6 +76,31 @@ def add_parser(sub: argparse._SubParsersAction, progs: Mapping[str, str]) -> Non
     )
     _add_ablation_arguments(abl)
     abl.set_defaults(func=_cmd_ablations)
+    scale = tables.add_parser(
+        "scale-root",
+        prog=progs.get("reproduce scale-root"),
+        help="write a COCO-size data root (and random-weight release files) for real mode",
+        description="Write the generated COCO-size data root in the official data/ layout "
+        "(posebh.synth.scale_root: 5,000 val images, the 104,125-box detection file, GT, a "
+        "150,000-person train file; AIC/MPII/AP-10K/APT-36K linked from SynthPose at mini "
+        "size) and, with --weights, release files in the official format with seeded random "
+        "weights (posebh.reproduce.random_weights). Both are cached.",
+        epilog="then: posebh reproduce table1 --data-root OUT --weights W --max-instances N",
+    )
+    scale.add_argument("--out", type=Path, required=True, help="the data root to write")
+    scale.add_argument("--size", choices=("full", "small"), default="full")
+    scale.add_argument("--seed", type=int, default=0, help="seed of the data and the weights")
+    scale.add_argument(
+        "--weights", type=Path, default=None, help="also write random-weight releases here"
+    )
+    scale.add_argument(
+        "--files",
+        default=None,
+        help="comma-separated release files for --weights (default: the base columns, "
+        "vitpose+_base.pth,posebh_base.pth)",
+    )
+    scale.add_argument("--no-progress", action="store_true")
+    scale.set_defaults(func=_cmd_scale_root)
 
 
 def _add_table_arguments(p: argparse.ArgumentParser) -> None:
@@ -106,6 +133,14 @@ def _add_table_arguments(p: argparse.ArgumentParser) -> None:
         "annotations)",
     )
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.add_argument(
+        "--max-instances",
+        type=int,
+        default=None,
+        metavar="N",
+        help="evaluate (and floor) only the first N instances of every row, in file order; "
+        "the reports say so (a smoke run on real-size files, not a result)",
+    )
 
 
 def _cmd_table(args: argparse.Namespace) -> int:
@@ -127,6 +162,7 @@ def _cmd_table(args: argparse.Namespace) -> int:
         plots=not args.no_plots,
         floor=not args.no_floor,
         progress=not args.no_progress,
+        max_instances=args.max_instances,
     )
     outcome = run_table(args.table, options)
     failed = outcome.run.failed() if outcome.run is not None else []
@@ -188,4 +224,18 @@ def _cmd_ablations(args: argparse.Namespace) -> int:
     link_latest(out)
     print(ablations.markdown(report))
     print(f"wrote {out}/results.md, results.json, ablations.png ({report['wall_time_s']} s)")
+    return 0
+
+
+def _cmd_scale_root(args: argparse.Namespace) -> int:
+    from posebh.reproduce.random_weights import DEFAULT_FILES, write_random_releases
+    from posebh.synth.scale_root import MANIFEST, write_scale_root
+
+    manifest = write_scale_root(args.out, args.size, args.seed, progress=not args.no_progress)
+    counts = ", ".join(f"{k} {v}" for k, v in manifest["counts"].items())
+    print(f"{args.out} ({args.size}, seed {args.seed}): {counts}; see {args.out / MANIFEST}")
+    if args.weights is not None:
+        files = [f.strip() for f in args.files.split(",")] if args.files else DEFAULT_FILES
+        for name, path in write_random_releases(args.weights, files, args.seed).items():
+            print(f"{path}: {name} with seeded random weights (official format)")
     return 0

@@ -83,6 +83,9 @@ class Cell:
     status: str
     note: str = ""
     eval_dir: str | None = None
+    # Instances scored / in the row (they differ under a --max-instances cap).
+    instances: int | None = None
+    instances_total: int | None = None
 
     @property
     def delta(self) -> float | None:
@@ -111,6 +114,8 @@ class RunContext:
     progress: bool = True
     # Score each row's no-model floor too: the train split's mean pose in the row's boxes.
     floor: bool = True
+    # Evaluate (and floor) only the first N instances of every row (--max-instances).
+    max_instances: int | None = None
 
 
 #: What the floor column is, for reports.
@@ -250,6 +255,7 @@ def evaluate_table(
                     checkpoint=str(path),
                     progress=context.progress,
                     decode_backend=context.decode_backend,
+                    max_instances=context.max_instances,
                     log=None,
                 )
             except (CheckpointError, FileNotFoundError, ValueError) as err:
@@ -289,7 +295,10 @@ def evaluate_table(
                         expected=expected[m],
                         measured=value,
                         status=_status(expected[m], value, row.tolerance, context.mode),
+                        note=result.meta.get("subset") or "",
                         eval_dir=str(eval_dir),
+                        instances=result.meta.get("instances"),
+                        instances_total=result.meta.get("instances_total"),
                         **base,
                     )
                 )
@@ -330,6 +339,7 @@ def row_floors(
                 protocol=default_protocol(row.dataset),
                 mean_pose_from=reference,
                 progress=False,
+                max_instances=context.max_instances,
                 log=None,
             )
         except (DatasetError, FileNotFoundError, ValueError) as err:
@@ -340,6 +350,8 @@ def row_floors(
             continue
         n = (result.meta.get("mean_pose_reference") or {}).get("instances")
         source = f"mean pose of {n} instances in {reference.ann_file}"
+        if result.meta.get("subset"):
+            source += f"; {result.meta['subset']}"
         for m in row.metrics:
             floors[(row.label, m)] = (read_metric(result.metrics, m, row.part), source)
     return floors
@@ -510,6 +522,8 @@ def headline(run: TableRun) -> list[str]:
     else:
         lines.append(f"measured: {ctx.measured_label}")
     lines.append(f"data: {ctx.data_root}; weights: {ctx.weights}")
+    if ctx.max_instances is not None:
+        lines.append(cap_line(run))
     if run.floors:
         lines.append(
             f"{FLOOR_LABEL}: each row's train-split mean pose placed in the row's boxes and "
@@ -525,6 +539,21 @@ def headline(run: TableRun) -> list[str]:
     return lines
 
 
+def cap_line(run: TableRun) -> str:
+    """The headline's words for a ``--max-instances`` cap, with each row's count."""
+    counts: dict[str, tuple[int | None, int | None]] = {}
+    for c in run.cells:
+        if c.instances is not None:
+            counts.setdefault(c.row, (c.instances, c.instances_total))
+    rows = "; ".join(f"{row}: instances evaluated {n} of {t}" for row, (n, t) in counts.items())
+    return (
+        f"CAPPED (--max-instances {run.context.max_instances}): the first N instances of every "
+        "row in file order (detection boxes, GT instances otherwise), the floor likewise; OKS "
+        "metrics over the images of those instances, PCKh over those records. Not the full "
+        "split: not comparable with the published values" + (f" ({rows})" if rows else "")
+    )
+
+
 def run_to_dict(run: TableRun, extra: Mapping[str, Any] | None = None) -> dict[str, Any]:
     ctx = run.context
     return {
@@ -534,9 +563,10 @@ def run_to_dict(run: TableRun, extra: Mapping[str, Any] | None = None) -> dict[s
         "table_file": run.table.path,
         "mode": ctx.mode,
         "measured_label": ctx.measured_label,
-        "comparable_with_published": ctx.mode != "synthetic",
+        "comparable_with_published": ctx.mode != "synthetic" and ctx.max_instances is None,
         "data_root": str(ctx.data_root),
         "weights": str(ctx.weights),
+        "max_instances": ctx.max_instances,
         "rows": [
             {
                 "dataset": r.dataset,

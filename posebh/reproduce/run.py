@@ -57,6 +57,7 @@ class TableOptions:
     decode_backend: str = "auto"
     plots: bool = True
     floor: bool = True  # the no-model floor column (train mean pose per row)
+    max_instances: int | None = None  # evaluate the first N instances of every row only
     progress: bool = True
     command: str | None = None  # recorded in results.json (None: this process's argv)
 
@@ -101,6 +102,8 @@ def run_table(
         unknown = [m for m in models if m not in {c.id for c in table.models}]
         if unknown:
             raise ValueError(f"--models {unknown}: not columns of {table.name}")
+    if o.max_instances is not None and o.max_instances < 1:
+        raise ValueError(f"--max-instances must be ≥ 1, got {o.max_instances}")
     command = o.command if o.command is not None else shlex.join(sys.argv)
     extra: dict[str, Any] = {"command": command, "seed": o.seed}
     plan: list[list[str]] = []
@@ -134,6 +137,7 @@ def run_table(
         decode_backend=o.decode_backend,
         progress=o.progress,
         floor=o.floor,
+        max_instances=o.max_instances,
     )
     run = evaluate_table(table, context, out, models=models)
     extra["wall_time_s"] = round(time.perf_counter() - start, 1)
