@@ -27,7 +27,7 @@ non-persistent workers, which receive a fresh copy of the dataset every epoch).
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
@@ -39,7 +39,7 @@ from torch import Tensor
 from torch.utils.data import Dataset
 
 from posebh.codecs import ENCODINGS, decoding_codec, generate_target
-from posebh.datasets import Instance
+from posebh.datasets import Instance, InstanceTable
 from posebh.image_io import load_image
 from posebh.protocol import TRAINING_DATASETS, DatasetProtocol, get_protocol
 from posebh.skeletons import Skeleton, get_skeleton
@@ -225,7 +225,9 @@ class TopDownDataset(Dataset):
         seed: int = 0,
         image_root: str | os.PathLike[str] | None = None,
     ) -> None:
-        self.instances = list(instances)
+        # A reader's InstanceTable stays columnar (an Instance is built per item): a list of
+        # 150,000 Instances costs ~1 s and several hundred MB in every worker.
+        self.instances = instances if isinstance(instances, InstanceTable) else list(instances)
         self.skeleton = get_skeleton(skeleton) if isinstance(skeleton, str) else skeleton
         self.pipeline = pipeline
         if dataset_idx is None:
@@ -235,7 +237,11 @@ class TopDownDataset(Dataset):
         self.epoch = 0
         self.image_root = Path(image_root) if image_root is not None else None
         k = len(self.skeleton.keypoint_names)
-        for i, inst in enumerate(self.instances):
+        if isinstance(self.instances, InstanceTable):
+            rows = self.instances[:1] if self.instances.keypoints.shape[1] != k else ()
+        else:
+            rows = self.instances
+        for i, inst in enumerate(rows):
             if inst.num_keypoints != k:
                 raise ValueError(
                     f"instance {i} ({inst.dataset}, image {inst.image_file}) has "
@@ -253,7 +259,11 @@ class TopDownDataset(Dataset):
 
     def image_path(self, inst: Instance) -> Path:
         """Where the instance's image is read from."""
-        p = Path(inst.image_file)
+        return self.image_path_of(inst.image_file)
+
+    def image_path_of(self, image_file: str) -> Path:
+        """Where an instance with this ``image_file`` reads its image from."""
+        p = Path(image_file)
         if self.image_root is not None and not p.is_absolute():
             p = self.image_root / p
         return p
@@ -427,8 +437,7 @@ def image_runs(dataset: TopDownDataset) -> list[range]:
     """
     runs: list[range] = []
     start, previous = 0, None
-    for i, inst in enumerate(dataset.instances):
-        path = dataset.image_path(inst)
+    for i, path in enumerate(_image_paths(dataset)):
         if i and path != previous:
             runs.append(range(start, i))
             start = i
@@ -436,6 +445,20 @@ def image_runs(dataset: TopDownDataset) -> list[range]:
     if dataset.instances:
         runs.append(range(start, len(dataset.instances)))
     return runs
+
+
+def _image_paths(dataset: TopDownDataset) -> Iterator[Path]:
+    """Each instance's image path, from the table's columns when it is one (no Instance built)."""
+    table = dataset.instances
+    if not isinstance(table, InstanceTable):
+        yield from (dataset.image_path(inst) for inst in table)
+        return
+    paths: dict[int, Path] = {}
+    for index in table.image_index.tolist():
+        path = paths.get(index)
+        if path is None:
+            path = paths[index] = dataset.image_path_of(table.image_files[index])
+        yield path
 
 
 class ImageRunDataset(Dataset):

@@ -14,11 +14,12 @@ import pytest
 import torch
 
 from posebh.codecs import generate_target
-from posebh.datasets import Instance, read_coco
+from posebh.datasets import Instance, InstanceTable, read_coco
 from posebh.pipeline import (
     ImageLoadError,
     TopDownDataset,
     TopDownPipeline,
+    image_runs,
     load_image,
     multi_dataset_collate,
     per_dataset_pipeline,
@@ -324,6 +325,20 @@ def test_keypoint_count_must_match_skeleton(coco_instances: list[Instance]) -> N
         TopDownDataset(coco_instances[:1], "aic", per_dataset_pipeline("aic"))
     with pytest.raises(IndexError):
         TopDownDataset(coco_instances[:1], "coco", per_dataset_pipeline("coco"))[1]
+
+
+def test_a_reader_table_stays_columnar(coco_instances) -> None:
+    table = coco_instances
+    assert isinstance(table, InstanceTable)
+    pipeline = per_dataset_pipeline("coco", train=False, max_num_joints=None)
+    columnar = TopDownDataset(table, "coco", pipeline)
+    listed = TopDownDataset(list(table), "coco", pipeline)
+    assert columnar.instances is table and isinstance(listed.instances, list)
+    # The same runs of same-image instances (read from the columns) and the same items.
+    assert image_runs(columnar) == image_runs(listed)
+    for i in (0, len(table) // 2, len(table) - 1):
+        assert torch.equal(columnar[i]["img"], listed[i]["img"])
+        assert columnar[i]["meta"]["image_file"] == listed[i]["meta"]["image_file"]
 
 
 # ---------------------------------------------------------------------------------------------

@@ -50,6 +50,7 @@ from typing import Any, Literal
 
 import numpy as np
 
+from posebh.synth.coco_scale import write_coco_keypoints_file
 from posebh.synth.scale_labels import (
     HEIGHT,
     LIMBS,
@@ -90,26 +91,11 @@ SIZES: dict[str, ScaleSize] = {
 }
 
 
-def _coco_scale_writer() -> Any:
-    """The reader benchmark's train-file writer (:mod:`posebh.synth.coco_scale`, branch
-    i15-r) where it exists, so that the benchmark and this root measure the same file; None
-    until then (this module's own persons are written)."""
-    try:
-        from posebh.synth.coco_scale import write_coco_keypoints_file
-    except ImportError:
-        return None
-    return write_coco_keypoints_file
-
-
-def _write_train(path: Path, rng: np.random.Generator, s: ScaleSize, seed: int) -> int:
-    """The COCO train keypoint file (its bytes)."""
-    writer = _coco_scale_writer()
-    if writer is None:
-        ids = image_ids(rng, s.train_images, 10 * s.train_images)
-        anns = annotations(train_people(rng, s), ids, first_id=1_000_000)
-        return _dump(path, coco_file(image_records(ids, "train2017"), anns, "train GT"))
+def _write_train(path: Path, s: ScaleSize, seed: int) -> int:
+    """The COCO train keypoint file (its bytes): the reader benchmark's writer
+    (:mod:`posebh.synth.coco_scale`), so both measure the same kind of file."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    writer(path, s.train_images, s.train_persons, seed)
+    write_coco_keypoints_file(path, s.train_images, s.train_persons, seed)
     return path.stat().st_size
 
 
@@ -265,9 +251,8 @@ def write_scale_root(
         raise ValueError(f"size must be one of {sorted(SIZES)}, got {size!r}")
     root = Path(root)
     s = SIZES[size]
-    writer = "posebh.synth.coco_scale" if _coco_scale_writer() else "posebh.synth.scale_root"
     key = {"generator_version": GENERATOR_VERSION, "size": size, "seed": seed}
-    key["train_writer"] = writer
+    key["train_writer"] = "posebh.synth.coco_scale"
     cached = _cached(root, key)
     if cached is not None:
         return cached
@@ -287,7 +272,7 @@ def write_scale_root(
     wb_val = [wholebody(wb_rng, a) for a in val_anns]
     files[WB_VAL_GT] = _dump(root / WB_VAL_GT, coco_file(val_images, wb_val, "WholeBody val"))
 
-    files[TRAIN_GT] = _write_train(root / TRAIN_GT, rng, s, seed)
+    files[TRAIN_GT] = _write_train(root / TRAIN_GT, s, seed)
     wb_train, wb_train_images = _wholebody_train(rng, wb_rng, s)
     files[WB_TRAIN_GT] = _dump(
         root / WB_TRAIN_GT, coco_file(wb_train_images, wb_train, "WholeBody train")
