@@ -157,8 +157,13 @@ def train_sample(
     }
 
 
-def eval_sample(path: str, center: np.ndarray, scale: np.ndarray) -> torch.Tensor:
-    """One box's evaluation crop, its image read for it alone (the per-box loaders)."""
+def eval_crop(path: str, center: np.ndarray, scale: np.ndarray) -> np.ndarray:
+    """One box's evaluation crop [256, 192, 3] uint8, its image read for it alone."""
     image = read_rgb(path)
     m = warp_matrix(0.0, center * 2.0, IMAGE_SIZE - 1.0, scale * 200.0)
-    return to_tensor(cv2.warpAffine(image, m, (192, 256), flags=cv2.INTER_LINEAR))
+    return cv2.warpAffine(image, m, (192, 256), flags=cv2.INTER_LINEAR)
+
+
+def eval_sample(path: str, center: np.ndarray, scale: np.ndarray) -> torch.Tensor:
+    """One box's normalised evaluation crop (the per-box loaders)."""
+    return to_tensor(eval_crop(path, center, scale))

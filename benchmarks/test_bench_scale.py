@@ -37,10 +37,12 @@ from posebh.evaluation import rescore_and_nms  # noqa: E402
 from posebh.pipeline import (  # noqa: E402
     ImageRunDataset,
     TopDownDataset,
+    load_image,
     per_dataset_pipeline,
 )
 from posebh.skeletons import get_skeleton  # noqa: E402
 from posebh.synth import scale_root  # noqa: E402
+from posebh.transforms import normalize_image, top_down_affine  # noqa: E402
 
 pytestmark = pytest.mark.scale
 
@@ -159,17 +161,29 @@ def test_bench_eval_pipeline(benchmark, scale, det_instances, one_core, backend:
         benchmark.extra_info["instances_per_s"] = len(instances) / benchmark.stats.stats.min
 
 
-def test_eval_crops_equal_the_opencv_reference(scale, det_instances) -> None:
+def test_eval_crops_match_the_opencv_reference(scale, det_instances) -> None:
     """Not a timing: the posebh evaluation crop with OpenCV ≥ 4.11 arithmetic ("float") is
-    the reference's ``cv2.warpAffine`` crop, bit for bit (normalised the same way)."""
+    the reference's ``cv2.warpAffine`` crop up to OpenCV's rounding ties — at most one grey
+    level on at most 0.1 % of the values (posebh.ops.warp documents the ties)."""
     if tuple(int(v) for v in cv2.__version__.split(".")[:2]) < (4, 11):
         pytest.skip(f"OpenCV {cv2.__version__} predates the float warp arithmetic (4.11)")
     instances = det_instances[:40]
     pipeline = per_dataset_pipeline("coco", train=False, max_num_joints=None, warp_method="float")
     data = TopDownDataset(instances, "coco", pipeline)
+    differing = total = 0
     for i, inst in enumerate(instances):
-        ref = reference.eval_sample(inst.image_file, inst.center, inst.scale)
-        assert torch.equal(data[i]["img"], ref), f"box {i} of {inst.image_file}"
+        ref = reference.eval_crop(inst.image_file, inst.center, inst.scale)
+        crop = top_down_affine(
+            load_image(inst.image_file), np.zeros((17, 3), np.float32),
+            np.zeros((17, 3), np.float32), inst.center, inst.scale, 0.0, use_udp=True,
+            warp_method="float",
+        )[0]  # fmt: skip
+        diff = np.abs(crop.astype(np.int16) - ref.astype(np.int16))
+        assert diff.max() <= 1, f"box {i} of {inst.image_file}"
+        differing, total = differing + int((diff > 0).sum()), total + diff.size
+        # The dataset's item is this crop, normalised.
+        assert torch.equal(data[i]["img"], normalize_image(crop))
+    assert differing <= 0.001 * total, f"{differing} of {total} values differ"
 
 
 # ------------------------------------------------------------------------------------------
