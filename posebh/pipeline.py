@@ -66,6 +66,9 @@ __all__ = [
     "per_dataset_pipeline",
 ]
 
+#: How many image paths a dataset remembers (COCO train has 118,000 images).
+_PATH_CACHE_SIZE = 200_000
+
 #: The channel count of the multi-dataset model's padded targets (COCO-WholeBody's 133).
 MAX_NUM_JOINTS = 133
 
@@ -236,6 +239,7 @@ class TopDownDataset(Dataset):
         self.seed = int(seed)
         self.epoch = 0
         self.image_root = Path(image_root) if image_root is not None else None
+        self._paths: dict[str, Path] = {}
         k = len(self.skeleton.keypoint_names)
         if isinstance(self.instances, InstanceTable):
             rows = self.instances[:1] if self.instances.keypoints.shape[1] != k else ()
@@ -263,9 +267,14 @@ class TopDownDataset(Dataset):
 
     def image_path_of(self, image_file: str) -> Path:
         """Where an instance with this ``image_file`` reads its image from."""
+        cached = self._paths.get(image_file)
+        if cached is not None:  # building a Path costs more than a crop's bookkeeping
+            return cached
         p = Path(image_file)
         if self.image_root is not None and not p.is_absolute():
             p = self.image_root / p
+        if len(self._paths) < _PATH_CACHE_SIZE:
+            self._paths[image_file] = p
         return p
 
     def _load(self, index: int, inst: Instance) -> np.ndarray:
@@ -345,7 +354,8 @@ class TopDownDataset(Dataset):
     def __getitem__(self, index: int) -> dict[str, Any]:
         if not 0 <= index < len(self.instances):
             raise IndexError(f"index {index} out of range for {len(self.instances)} instances")
-        return self.sample(index, self._load(index, self.instances[index]))
+        inst = self.instances[index]
+        return self.sample(index, self._load(index, inst), inst)
 
     def samples_of(
         self, indices: Sequence[int], image: np.ndarray | None = None
@@ -358,22 +368,24 @@ class TopDownDataset(Dataset):
         for i in indices:
             if not 0 <= i < len(self.instances):
                 raise IndexError(f"index {i} out of range for {len(self.instances)} instances")
-        first = self.instances[indices[0]]
-        path = self.image_path(first)
-        for i in indices[1:]:
-            if self.image_path(self.instances[i]) != path:
+        insts = [self.instances[i] for i in indices]
+        path = self.image_path(insts[0])
+        for i, inst in zip(indices[1:], insts[1:], strict=True):
+            if self.image_path(inst) != path:
                 raise ValueError(
-                    f"samples_of: instance {i} reads {self.image_path(self.instances[i])}, "
+                    f"samples_of: instance {i} reads {self.image_path(inst)}, "
                     f"instance {indices[0]} reads {path}; pass the instances of one image"
                 )
         if image is None:
-            image = self._load(indices[0], first)
-        return [self.sample(i, image) for i in indices]
+            image = self._load(indices[0], insts[0])
+        return [self.sample(i, image, inst) for i, inst in zip(indices, insts, strict=True)]
 
-    def sample(self, index: int, image: np.ndarray) -> dict[str, Any]:
-        """Item ``index`` from its decoded ``image`` [H, W, 3] uint8 (read, not modified)."""
+    def sample(self, index: int, image: np.ndarray, inst: Instance | None = None) -> dict[str, Any]:
+        """Item ``index`` from its decoded ``image`` [H, W, 3] uint8 (read, not modified);
+        ``inst`` is ``self.instances[index]`` when the caller already holds it."""
         p = self.pipeline
-        inst = self.instances[index]
+        if inst is None:
+            inst = self.instances[index]
         s = self._initial(image, inst)
         if p.train:
             s = self.augment(s, inst, index)

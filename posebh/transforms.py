@@ -34,7 +34,6 @@ arithmetic of OpenCV ≥ 4.11.
 
 from __future__ import annotations
 
-import functools
 import math
 from collections.abc import Sequence
 from typing import Any, Literal
@@ -405,15 +404,6 @@ def random_scale_rotation(
 # ---------------------------------------------------------------------------------------------
 
 
-@functools.lru_cache(maxsize=8)
-def _normalize_table(mean: tuple[float, ...], std: tuple[float, ...]) -> np.ndarray:
-    """``[C, 256]`` float32: channel c of grey level v → (v/255 − mean[c]) / std[c], each entry
-    computed by the same float32 operations as the direct formula (so a look-up gives its bits)."""
-    levels = np.arange(256, dtype=np.float32)[:, None] / np.float32(255.0)
-    table = (levels - np.asarray(mean, dtype=np.float32)) / np.asarray(std, dtype=np.float32)
-    return np.ascontiguousarray(table.T)
-
-
 def normalize_image(
     image: np.ndarray,
     mean: Sequence[float] = IMAGENET_MEAN,
@@ -422,19 +412,12 @@ def normalize_image(
     """uint8 image [H, W, 3] → float32 tensor [3, H, W] = (image/255 − mean) / std.
 
     The official ``ToTensor`` + ``NormalizeTensor`` (float32 division by 255, then subtraction
-    and division per channel). A uint8 pixel has 256 possible values, so each channel is a
-    table look-up of the formula's float32 results: the same bits, ~6× faster.
+    and division per channel), for uint8 images in one C++ pass
+    (:func:`posebh.ops.warp.normalize_image`): the same IEEE operations, ~10× faster than NumPy.
     """
     img = np.asarray(image)
     if img.ndim != 3 or img.shape[-1] != len(mean) or len(mean) != len(std):
         raise ValueError(f"image must be [H, W, {len(mean)}], got {img.shape}")
     if img.dtype != np.uint8:
-        # float32 throughout, in the official order: /255, −mean, /std.
-        x = img.astype(np.float32) / np.float32(255.0)
-        x = (x - np.asarray(mean, dtype=np.float32)) / np.asarray(std, dtype=np.float32)
-        return torch.from_numpy(np.ascontiguousarray(x.transpose(2, 0, 1)))
-    table = _normalize_table(tuple(float(m) for m in mean), tuple(float(s) for s in std))
-    out = np.empty((img.shape[2], *img.shape[:2]), dtype=np.float32)
-    for c in range(img.shape[2]):
-        np.take(table[c], img[..., c], out=out[c])
-    return torch.from_numpy(out)
+        return ops_warp.normalize_image_reference(img, mean, std)
+    return ops_warp.normalize_image(img, mean, std)

@@ -334,3 +334,36 @@ def test_disabled_extensions_fall_back_to_the_reference(tmp_path: Path) -> None:
     assert out["backend"] == "torch" and out["same"]
     assert "runs 'torch'" in out["explain"] and "POSEBH_DISABLE_EXTENSIONS" in out["explain"]
     assert not any(tmp_path.iterdir())  # nothing was compiled
+
+
+@pytest.mark.parametrize("shape", [(256, 192, 3), (7, 5, 1), (3, 9, 4), (1, 1, 2), (0, 4, 3)])
+def test_normalize_image_op_equals_the_plain_formula(cpp, shape) -> None:
+    # Every grey level appears (for the non-empty shapes), with random mean/std per channel:
+    # the op's table must hold the formula's float32 bits for all 256 values.
+    rng = np.random.default_rng(sum(shape))
+    image = rng.integers(0, 256, shape, dtype=np.uint8)
+    if image.size >= 256:
+        image.reshape(-1)[:256] = np.arange(256, dtype=np.uint8)
+    mean = tuple(float(v) for v in rng.random(shape[2]))
+    std = tuple(float(v) for v in rng.random(shape[2]) + 0.05)
+    got = ops_warp.normalize_image(image, mean, std)
+    plain = np.empty((shape[2], shape[0], shape[1]), dtype=np.float32)
+    for c in range(shape[2]):
+        for y in range(shape[0]):
+            for x in range(shape[1]):
+                v = np.float32(image[y, x, c]) / np.float32(255.0)
+                plain[c, y, x] = (v - np.float32(mean[c])) / np.float32(std[c])
+    assert got.dtype == torch.float32 and got.shape == plain.shape
+    np.testing.assert_array_equal(got.numpy(), plain)
+    assert torch.equal(ops_warp.normalize_image_reference(image, mean, std), got)
+
+
+def test_normalize_image_opcheck_and_errors(cpp) -> None:
+    img = torch.from_numpy(np.random.default_rng(1).integers(0, 256, (6, 5, 3), dtype=np.uint8))
+    torch.library.opcheck(
+        torch.ops.posebh.normalize_image.default, (img, [0.1, 0.2, 0.3], [1.0, 2.0, 3.0])
+    )
+    with pytest.raises(ValueError, match="C = len"):
+        ops_warp.normalize_image(img.numpy(), (0.1, 0.2), (1.0, 1.0))
+    with pytest.raises(RuntimeError, match="mean and std need 3"):
+        torch.ops.posebh.normalize_image.default(img, [0.1], [1.0])

@@ -590,6 +590,55 @@ at::Tensor warp_affine_cpu(const at::Tensor& image, at::ArrayRef<double> matrix,
   return out;
 }
 
+// uint8 [H, W, C] → float32 [C, H, W] = (image / 255 − mean) / std, in float32 and in that
+// order (ToTensor + NormalizeTensor of the official pipeline): each step is one correctly
+// rounded IEEE operation, as in NumPy/torch, so the bits are theirs; the loops vectorise
+// (no fast-math: a division stays a division).
+// A uint8 pixel has 256 values: each channel's 256 results are computed once by the formula
+// and the image is a table look-up (the same bits, without a division per value).
+template <int kC>
+void normalize_pixels(const uint8_t* src, float* dst, int64_t n, const float* mean,
+                      const float* std) {
+  float table[kC][256];
+  for (int k = 0; k < kC; ++k)
+    for (int v = 0; v < 256; ++v) table[k][v] = (static_cast<float>(v) / 255.0f - mean[k]) / std[k];
+  float* planes[kC];
+  for (int k = 0; k < kC; ++k) planes[k] = dst + k * n;
+  for (int64_t i = 0; i < n; ++i)
+    for (int k = 0; k < kC; ++k) planes[k][i] = table[k][src[kC * i + k]];
+}
+
+at::Tensor normalize_image_cpu(const at::Tensor& image, c10::ArrayRef<double> mean,
+                               c10::ArrayRef<double> std) {
+  TORCH_CHECK(image.scalar_type() == at::kByte && image.dim() == 3,
+              "posebh::normalize_image: image must be uint8 [H, W, C], got ",
+              image.scalar_type(), " ", image.sizes());
+  const int64_t ch = image.size(2);
+  TORCH_CHECK(static_cast<int64_t>(mean.size()) == ch && static_cast<int64_t>(std.size()) == ch,
+              "posebh::normalize_image: mean and std need ", ch, " entries, got ", mean.size(),
+              " and ", std.size());
+  const at::Tensor img = image.contiguous();
+  const int64_t h = img.size(0), w = img.size(1), n = h * w;
+  at::Tensor out = at::empty({ch, h, w}, img.options().dtype(at::kFloat));
+  std::vector<float> m(ch), s(ch);
+  for (int64_t k = 0; k < ch; ++k) {
+    m[k] = static_cast<float>(mean[k]);  // NumPy's float32 cast: round to nearest
+    s[k] = static_cast<float>(std[k]);
+  }
+  const uint8_t* src = img.data_ptr<uint8_t>();
+  float* dst = out.data_ptr<float>();
+  if (ch == 3) {
+    normalize_pixels<3>(src, dst, n, m.data(), s.data());
+  } else if (ch == 1) {
+    normalize_pixels<1>(src, dst, n, m.data(), s.data());
+  } else {
+    for (int64_t k = 0; k < ch; ++k)
+      for (int64_t i = 0; i < n; ++i)
+        dst[k * n + i] = (static_cast<float>(src[ch * i + k]) / 255.0f - m[k]) / s[k];
+  }
+  return out;
+}
+
 }  // namespace
 }  // namespace posebh_warp
 
@@ -600,6 +649,10 @@ TORCH_LIBRARY_FRAGMENT(posebh, m) {
   m.def("warp_affine(Tensor image, float[] matrix, int out_w, int out_h, str method) -> Tensor",
         tags);
   m.def("warp_affine_cpu_isa() -> str", &posebh_warp::cpu_isa);
+  m.def("normalize_image(Tensor image, float[] mean, float[] std) -> Tensor", tags);
 }
 
-TORCH_LIBRARY_IMPL(posebh, CPU, m) { m.impl("warp_affine", &posebh_warp::warp_affine_cpu); }
+TORCH_LIBRARY_IMPL(posebh, CPU, m) {
+  m.impl("warp_affine", &posebh_warp::warp_affine_cpu);
+  m.impl("normalize_image", &posebh_warp::normalize_image_cpu);
+}
