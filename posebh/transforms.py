@@ -150,18 +150,19 @@ def get_warp_matrix(
     """
     th = float(np.deg2rad(theta))
     cs, sn = math.cos(th), math.sin(th)
-    in_x, in_y = (float(v) for v in np.asarray(size_input).reshape(2))
-    dst_x, dst_y = (float(v) for v in np.asarray(size_dst).reshape(2))
-    tgt_x, tgt_y = (float(v) for v in np.asarray(size_target).reshape(2))
+    # .tolist() gives the exact Python floats of the (float32 or float64) entries.
+    in_x, in_y = np.asarray(size_input, dtype=np.float64).reshape(2).tolist()
+    dst_x, dst_y = np.asarray(size_dst, dtype=np.float64).reshape(2).tolist()
+    tgt_x, tgt_y = np.asarray(size_target, dtype=np.float64).reshape(2).tolist()
     sx, sy = dst_x / tgt_x, dst_y / tgt_y
-    m = np.zeros((2, 3), dtype=np.float32)
-    m[0, 0] = cs * sx
-    m[0, 1] = -sn * sx
-    m[0, 2] = sx * (-0.5 * in_x * cs + 0.5 * in_y * sn + 0.5 * tgt_x)
-    m[1, 0] = sn * sy
-    m[1, 1] = cs * sy
-    m[1, 2] = sy * (-0.5 * in_x * sn - 0.5 * in_y * cs + 0.5 * tgt_y)
-    return m
+    # Each float64 entry rounded to float32, as assigning it into a float32 array does.
+    return np.array(
+        [
+            [cs * sx, -sn * sx, sx * (-0.5 * in_x * cs + 0.5 * in_y * sn + 0.5 * tgt_x)],
+            [sn * sy, cs * sy, sy * (-0.5 * in_x * sn - 0.5 * in_y * cs + 0.5 * tgt_y)],
+        ],
+        dtype=np.float32,
+    )
 
 
 def affine_transform_points(points: Any, matrix: Any) -> np.ndarray:
@@ -240,7 +241,8 @@ def _check_crop_box(center: np.ndarray, scale: np.ndarray) -> None:
     """``ValueError`` unless ``center`` is finite and ``scale`` finite and > 0 (two checks on
     two numbers each: an empty or NaN box would give a division by zero, a singular matrix or,
     for a negative scale, a silently mirrored crop)."""
-    if np.isfinite(center).all() and np.isfinite(scale).all() and (scale > 0).all():
+    c, s = center.reshape(-1).tolist(), scale.reshape(-1).tolist()
+    if all(math.isfinite(v) for v in c + s) and all(v > 0 for v in s):
         return
     raise ValueError(
         f"crop box center {center.tolist()} / scale {scale.tolist()} (w, h in units of 200 px) "
