@@ -115,7 +115,7 @@ def test_bench_train_pipeline(benchmark, scale, val_instances, one_core, backend
         def run() -> list:
             return [data[i] for i in range(len(data))]
 
-    samples = benchmark.pedantic(run, rounds=_rounds(benchmark, 3), iterations=1)
+    samples = benchmark.pedantic(run, rounds=_rounds(benchmark, 5), iterations=1)
     assert len(samples) == len(instances)
     assert samples[0]["img"].shape == (3, 256, 192) and samples[0]["target"].shape[0] == 133
     assert all(bool(s["target_weight"].sum() > 0) for s in samples[:8])
@@ -154,7 +154,7 @@ def test_bench_eval_pipeline(benchmark, scale, det_instances, one_core, backend:
         def run() -> list:
             return [s["img"] for r in range(len(runs)) for s in runs[r]]
 
-    crops = benchmark.pedantic(run, rounds=_rounds(benchmark, 3), iterations=1)
+    crops = benchmark.pedantic(run, rounds=_rounds(benchmark, 5), iterations=1)
     assert len(crops) == len(instances)
     benchmark.extra_info.update(case="eval_pipeline", backend=backend)
     if not benchmark.disabled and benchmark.stats:

@@ -41,11 +41,14 @@ from torch.utils.data import Dataset
 from posebh.codecs import ENCODINGS, decoding_codec, generate_target
 from posebh.datasets import Instance, InstanceTable
 from posebh.image_io import load_image
+from posebh.ops.warp import warp_normalize_batch
 from posebh.protocol import TRAINING_DATASETS, DatasetProtocol, get_protocol
 from posebh.skeletons import Skeleton, get_skeleton
 from posebh.transforms import (
     IMAGENET_MEAN,
     IMAGENET_STD,
+    crop_joints,
+    crop_matrix,
     flip_image,
     fliplr_joints,
     half_body_center_scale,
@@ -378,6 +381,8 @@ class TopDownDataset(Dataset):
                 )
         if image is None:
             image = self._load(indices[0], insts[0])
+        if not self.pipeline.train and not self.pipeline.targets:
+            return self._evaluation_items(indices, insts, image)
         return [self.sample(i, image, inst) for i, inst in zip(indices, insts, strict=True)]
 
     def sample(self, index: int, image: np.ndarray, inst: Instance | None = None) -> dict[str, Any]:
@@ -400,7 +405,32 @@ class TopDownDataset(Dataset):
             p.use_udp,
             p.warp_method,
         )
-        out: dict[str, Any] = {"img": normalize_image(crop, p.mean, p.std)}
+        return self._item(index, inst, s, joints, normalize_image(crop, p.mean, p.std))
+
+    def _evaluation_items(
+        self, indices: Sequence[int], insts: Sequence[Instance], image: np.ndarray
+    ) -> list[dict[str, Any]]:
+        """:meth:`sample` of each index for an evaluation pipeline (no augmentation, no
+        targets): the same items, every crop of the image cut and normalised in one call."""
+        p = self.pipeline
+        states = [self._initial(image, inst) for inst in insts]
+        matrices = [
+            crop_matrix(s.center, s.scale, s.rotation, p.image_size, p.use_udp) for s in states
+        ]
+        size = (int(p.image_size[0]), int(p.image_size[1]))
+        crops = warp_normalize_batch(image, matrices, size, p.warp_method, p.mean, p.std)
+        items = zip(indices, insts, states, matrices, crops.unbind(0), strict=True)
+        return [
+            self._item(i, inst, s, crop_joints(s.joints, s.visible, m, p.use_udp), img)
+            for i, inst, s, m, img in items
+        ]
+
+    def _item(
+        self, index: int, inst: Instance, s: _Sample, joints: np.ndarray, img: Tensor
+    ) -> dict[str, Any]:
+        """The item dict of a sample whose crop is ``img`` and moved joints ``joints``."""
+        p = self.pipeline
+        out: dict[str, Any] = {"img": img}
         if p.targets:
             target, weight = generate_target(
                 joints,

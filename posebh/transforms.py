@@ -50,6 +50,7 @@ __all__ = [
     "IMAGENET_STD",
     "affine_transform_points",
     "crop_joints",
+    "crop_matrix",
     "flip_image",
     "fliplr_joints",
     "get_affine_transform",
@@ -270,15 +271,26 @@ def top_down_affine(
     products ``center·2`` and ``scale·200`` keep the dtype of ``center``/``scale``.
     ``ValueError`` if ``center`` is not finite or ``scale`` not finite and positive.
     """
+    matrix = crop_matrix(center, scale, rotation, image_size, use_udp)
+    crop = warp_affine(image, matrix, (int(image_size[0]), int(image_size[1])), warp_method)
+    return crop, crop_joints(joints, visible, matrix, use_udp), matrix
+
+
+def crop_matrix(
+    center: np.ndarray,
+    scale: np.ndarray,
+    rotation: float,
+    image_size: Sequence[int] = (192, 256),
+    use_udp: bool = False,
+) -> np.ndarray:
+    """The matrix [2, 3] of :func:`top_down_affine`'s crop (float32 UDP, float64 plain);
+    ``ValueError`` for a box that is not finite with a positive scale."""
     size = np.asarray(image_size, dtype=np.float64)
     c, s = np.asarray(center), np.asarray(scale)
     _check_crop_box(c, s)
     if use_udp:
-        matrix = get_warp_matrix(rotation, c * 2.0, size - 1.0, s * 200.0)
-    else:
-        matrix = get_affine_transform(c, s, rotation, image_size)
-    crop = warp_affine(image, matrix, (int(image_size[0]), int(image_size[1])), warp_method)
-    return crop, crop_joints(joints, visible, matrix, use_udp), matrix
+        return get_warp_matrix(rotation, c * 2.0, size - 1.0, s * 200.0)
+    return get_affine_transform(c, s, rotation, image_size)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -367,3 +367,33 @@ def test_normalize_image_opcheck_and_errors(cpp) -> None:
         ops_warp.normalize_image(img.numpy(), (0.1, 0.2), (1.0, 1.0))
     with pytest.raises(RuntimeError, match="mean and std need 3"):
         torch.ops.posebh.normalize_image.default(img, [0.1], [1.0])
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_warp_normalize_batch_is_warp_then_normalize(cpp, method: str, monkeypatch) -> None:
+    rng = np.random.default_rng(7)
+    image = rng.integers(0, 256, (61, 83, 3), dtype=np.uint8)
+    matrices = [_similarity(rng.uniform(-1, 1), rng.uniform(0.3, 3), *rng.uniform(-40, 40, 2))
+                for _ in range(5)]  # fmt: skip
+    matrices.append(matrices[0].astype(np.float32))  # the UDP matrix is float32
+    mean, std = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+    want = [
+        ops_warp.normalize_image_reference(_reference(image, m, (19, 23), method), mean, std)
+        for m in matrices
+    ]
+    got = ops_warp.warp_normalize_batch(image, matrices, (19, 23), method, mean, std)
+    assert got.shape == (6, 3, 23, 19)
+    for i, w in enumerate(want):
+        assert torch.equal(got[i], w), f"crop {i}"
+    # Without the extension: the references, crop by crop; no boxes: an empty batch.
+    monkeypatch.setattr(ops_warp, "_auto_backend", lambda: ops_warp.WARP.backends["torch"])
+    assert torch.equal(
+        ops_warp.warp_normalize_batch(image, matrices, (19, 23), method, mean, std), got
+    )
+    empty = ops_warp.warp_normalize_batch(image, [], (19, 23), method, mean, std)
+    assert empty.shape == (0, 3, 23, 19)
+    op = torch.ops.posebh.warp_normalize_batch.default
+    flat = [v for m in matrices[:2] for v in np.asarray(m, np.float64).reshape(6).tolist()]
+    torch.library.opcheck(
+        op, (torch.from_numpy(image), flat, 19, 23, method, list(mean), list(std))
+    )

@@ -608,6 +608,26 @@ void normalize_pixels(const uint8_t* src, float* dst, int64_t n, const float* me
     for (int k = 0; k < kC; ++k) planes[k][i] = table[k][src[kC * i + k]];
 }
 
+// dst [C, n] ← src [n, C] normalised (mean/std already float32).
+void normalize_into(const uint8_t* src, float* dst, int64_t n, int64_t ch, const float* m,
+                    const float* s) {
+  if (ch == 3) {
+    normalize_pixels<3>(src, dst, n, m, s);
+  } else if (ch == 1) {
+    normalize_pixels<1>(src, dst, n, m, s);
+  } else {
+    for (int64_t k = 0; k < ch; ++k)
+      for (int64_t i = 0; i < n; ++i)
+        dst[k * n + i] = (static_cast<float>(src[ch * i + k]) / 255.0f - m[k]) / s[k];
+  }
+}
+
+std::vector<float> as_float32(c10::ArrayRef<double> values) {
+  std::vector<float> out(values.size());
+  for (size_t k = 0; k < values.size(); ++k) out[k] = static_cast<float>(values[k]);
+  return out;  // NumPy's float32 cast: round to nearest
+}
+
 at::Tensor normalize_image_cpu(const at::Tensor& image, c10::ArrayRef<double> mean,
                                c10::ArrayRef<double> std) {
   TORCH_CHECK(image.scalar_type() == at::kByte && image.dim() == 3,
@@ -618,23 +638,34 @@ at::Tensor normalize_image_cpu(const at::Tensor& image, c10::ArrayRef<double> me
               "posebh::normalize_image: mean and std need ", ch, " entries, got ", mean.size(),
               " and ", std.size());
   const at::Tensor img = image.contiguous();
-  const int64_t h = img.size(0), w = img.size(1), n = h * w;
+  const int64_t h = img.size(0), w = img.size(1);
   at::Tensor out = at::empty({ch, h, w}, img.options().dtype(at::kFloat));
-  std::vector<float> m(ch), s(ch);
-  for (int64_t k = 0; k < ch; ++k) {
-    m[k] = static_cast<float>(mean[k]);  // NumPy's float32 cast: round to nearest
-    s[k] = static_cast<float>(std[k]);
-  }
-  const uint8_t* src = img.data_ptr<uint8_t>();
+  const std::vector<float> m = as_float32(mean), s = as_float32(std);
+  normalize_into(img.data_ptr<uint8_t>(), out.data_ptr<float>(), h * w, ch, m.data(), s.data());
+  return out;
+}
+
+// The evaluation crops of one image: N matrices (6 numbers each) → float32 [N, C, h, w], each
+// crop warp_affine's bytes normalised as normalize_image does (one call instead of 2N).
+at::Tensor warp_normalize_batch_cpu(const at::Tensor& image, c10::ArrayRef<double> matrices,
+                                    int64_t out_w, int64_t out_h, c10::string_view method,
+                                    c10::ArrayRef<double> mean, c10::ArrayRef<double> std) {
+  TORCH_CHECK(matrices.size() % 6 == 0,
+              "posebh::warp_normalize_batch: matrices must hold 6 numbers per crop, got ",
+              matrices.size());
+  TORCH_CHECK(image.dim() == 3, "posebh::warp_normalize_batch: image must be [H, W, C], got ",
+              image.sizes());
+  const int64_t n = static_cast<int64_t>(matrices.size() / 6), ch = image.size(2);
+  TORCH_CHECK(static_cast<int64_t>(mean.size()) == ch && static_cast<int64_t>(std.size()) == ch,
+              "posebh::warp_normalize_batch: mean and std need ", ch, " entries, got ",
+              mean.size(), " and ", std.size());
+  at::Tensor out = at::empty({n, ch, out_h, out_w}, image.options().dtype(at::kFloat));
+  const std::vector<float> m = as_float32(mean), s = as_float32(std);
   float* dst = out.data_ptr<float>();
-  if (ch == 3) {
-    normalize_pixels<3>(src, dst, n, m.data(), s.data());
-  } else if (ch == 1) {
-    normalize_pixels<1>(src, dst, n, m.data(), s.data());
-  } else {
-    for (int64_t k = 0; k < ch; ++k)
-      for (int64_t i = 0; i < n; ++i)
-        dst[k * n + i] = (static_cast<float>(src[ch * i + k]) / 255.0f - m[k]) / s[k];
+  const int64_t plane = out_h * out_w;
+  for (int64_t i = 0; i < n; ++i) {
+    const at::Tensor crop = warp_affine_cpu(image, matrices.slice(6 * i, 6), out_w, out_h, method);
+    normalize_into(crop.data_ptr<uint8_t>(), dst + i * ch * plane, plane, ch, m.data(), s.data());
   }
   return out;
 }
@@ -650,9 +681,14 @@ TORCH_LIBRARY_FRAGMENT(posebh, m) {
         tags);
   m.def("warp_affine_cpu_isa() -> str", &posebh_warp::cpu_isa);
   m.def("normalize_image(Tensor image, float[] mean, float[] std) -> Tensor", tags);
+  m.def(
+      "warp_normalize_batch(Tensor image, float[] matrices, int out_w, int out_h, str method, "
+      "float[] mean, float[] std) -> Tensor",
+      tags);
 }
 
 TORCH_LIBRARY_IMPL(posebh, CPU, m) {
   m.impl("warp_affine", &posebh_warp::warp_affine_cpu);
   m.impl("normalize_image", &posebh_warp::normalize_image_cpu);
+  m.impl("warp_normalize_batch", &posebh_warp::warp_normalize_batch_cpu);
 }

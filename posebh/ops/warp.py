@@ -29,7 +29,13 @@ from posebh.ops import extensions
 from posebh.ops.registry import Backend, CallInfo, Op, register_op
 from posebh.ops.warp_reference import warp_affine_reference
 
-__all__ = ["WARP", "normalize_image", "normalize_image_reference", "warp_affine"]
+__all__ = [
+    "WARP",
+    "normalize_image",
+    "normalize_image_reference",
+    "warp_affine",
+    "warp_normalize_batch",
+]
 
 _EXTENSION = "warp"
 METHODS: tuple[str, ...] = ("fixed", "float")
@@ -42,6 +48,19 @@ def _register_python_parts() -> None:
     def _normalize_fake(image: Tensor, mean: Sequence[float], std: Sequence[float]) -> Tensor:
         h, w, c = image.shape
         return image.new_empty((c, h, w), dtype=torch.float32)
+
+    @torch.library.register_fake("posebh::warp_normalize_batch")
+    def _batch_fake(
+        image: Tensor,
+        matrices: Sequence[float],
+        out_w: int,
+        out_h: int,
+        method: str,
+        mean: Sequence[float],
+        std: Sequence[float],
+    ) -> Tensor:
+        n = len(matrices) // 6
+        return image.new_empty((n, image.shape[2], out_h, out_w), dtype=torch.float32)
 
     @torch.library.register_fake("posebh::warp_affine")
     def _warp_fake(
@@ -199,3 +218,42 @@ def normalize_image_reference(
     x = np.asarray(image).astype(np.float32) / np.float32(255.0)
     x = (x - np.asarray(mean, dtype=np.float32)) / np.asarray(std, dtype=np.float32)
     return torch.from_numpy(np.ascontiguousarray(x.transpose(2, 0, 1)))
+
+
+def warp_normalize_batch(
+    image: np.ndarray,
+    matrices: Sequence[Any],
+    out_size: Sequence[int],
+    method: Literal["fixed", "float"],
+    mean: Sequence[float],
+    std: Sequence[float],
+) -> Tensor:
+    """The crops of several boxes of one ``image`` [H, W, C] uint8, normalised: float32
+    [N, C, h, w], item i = ``normalize_image(warp_affine(image, matrices[i], out_size, method),
+    mean, std)`` bit for bit — one C++ call instead of 2N when the extension is loaded."""
+    img = np.asarray(image)
+    flat = [v for m in matrices for v in _validate(img, m, out_size, method)[1]]
+    w_out, h_out = int(out_size[0]), int(out_size[1])
+    if img.ndim != 3 or not len(mean) == len(std) == img.shape[2]:
+        raise ValueError(
+            f"image must be [H, W, C] with C = len(mean) = len(std), got {img.shape}, "
+            f"{len(mean)} means and {len(std)} stds"
+        )
+    if _auto_backend().name != "cpp":
+        crops = [
+            normalize_image_reference(warp_affine(img, m, out_size, method), mean, std)
+            for m in matrices
+        ]
+        if crops:
+            return torch.stack(crops)
+        return torch.empty((0, img.shape[2], h_out, w_out), dtype=torch.float32)
+    arr = np.ascontiguousarray(img)
+    if arr.flags.writeable:
+        src = torch.from_numpy(arr)
+    else:  # the op only reads it, so torch's warning is moot
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+            src = torch.from_numpy(arr)
+    return torch.ops.posebh.warp_normalize_batch.default(
+        src, flat, w_out, h_out, method, [float(m) for m in mean], [float(s) for s in std]
+    )
