@@ -227,6 +227,8 @@ def test_memory_ratio_against_the_reference_peak_and_its_target() -> None:
                    min_s=3.2, median_s=3.3, rounds=1, extra={"peak_mb": 450.0}),
             _bench(scale, "test_bench_reader", {"case": "keypoints_train", "backend": "posebh"},
                    min_s=2.9, median_s=3.0, rounds=1, extra={"peak_mb": 500.0}),
+            _bench(scale, "test_bench_reader", {"case": "keypoints_train", "backend": "per_record"},
+                   min_s=11.0, median_s=11.0, rounds=1, extra={"peak_mb": 765.0}),
             _bench(scale, "test_bench_other", {"case": "other", "backend": "reference"},
                    min_s=1.0, median_s=1.0, rounds=1, extra={"peak_mb": 100.0}),
             _bench(scale, "test_bench_other", {"case": "other", "backend": "posebh"},
@@ -242,6 +244,10 @@ def test_memory_ratio_against_the_reference_peak_and_its_target() -> None:
     other = _row(report, "readers", "other", "posebh")  # a ratio, but no target to meet
     assert other.memory_ratio == pytest.approx(3.0) and other.meets_memory_target is None
     assert _row(report, "readers", "keypoints_train", "reference").memory_ratio is None
+    # The code a fused backend replaced is timed for the record: a ratio, never a target.
+    old = _row(report, "readers", "keypoints_train", "per_record")
+    assert old.ratio_vs_reference == pytest.approx(3.2 / 11.0) and old.memory_ratio == 1.7
+    assert old.target is None and old.meets_target is None and old.meets_memory_target is None
     table = markdown_table(report)
     assert "1.11× (≤ 1.2× target)" in table and "3.00×" in table
     assert report.to_dict()["targets"]["readers/keypoints_train"] == {
