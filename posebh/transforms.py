@@ -215,25 +215,14 @@ def warp_affine(
     out_size: Sequence[int],
     method: Literal["fixed", "float"] = "fixed",
 ) -> np.ndarray:
-    """Warp image [H, W, C] (or [H, W]) uint8 by matrix [2, 3] into out_size (w, h).
+    """Warp image [H, W, C] (or [H, W]) uint8 by matrix [2, 3] into out_size (w, h), as
+    ``cv2.warpAffine(image, matrix, out_size, flags=INTER_LINEAR)`` with a constant-0 border.
 
-    Each output pixel (x, y) samples the source at ``matrix⁻¹ · (x, y, 1)`` bilinearly; source
-    pixels outside the image count as 0 (``BORDER_CONSTANT``). This is
-    ``cv2.warpAffine(image, matrix, out_size, flags=INTER_LINEAR)``; the inverse is taken in
-    OpenCV's float64 arithmetic order. OpenCV changed the arithmetic in 4.11, so two methods:
-
-    * ``"fixed"`` (default; OpenCV ≤ 4.10, the era of the official mmpose 0.x training): the
-      coordinates are rounded to a 1/32-px grid, the four weights are integers summing to 2¹⁵
-      and the sum is rounded half up. Reproduces the OpenCV 4.10 golden suite crops exactly;
-    * ``"float"`` (OpenCV ≥ 4.11): float32 coordinates ``fma(M₀, x, float(M₁·y + M₂))``,
-      float32 interpolation by three fused lerps, rounded half to even. Within one grey level
-      of an OpenCV ≥ 4.11 crop (≈0.1 % of the values differ, all at ties near .5).
-
-    The two methods differ by up to ~6 grey levels where the image has sharp edges or noise
-    (the 1/32-px grid moves a sample by up to 1/64 px).
-
-    Runs the op :func:`posebh.ops.warp_affine` (the C++ kernel when its extension loads, else
-    its NumPy reference :mod:`posebh.ops.warp_reference`; the same bits either way).
+    ``method`` is OpenCV's arithmetic: ``"fixed"`` (≤ 4.10, the default: the era of the
+    official mmpose 0.x training; the golden crops) or ``"float"`` (≥ 4.11). Runs the op
+    :func:`posebh.ops.warp_affine` (the C++ kernel when its extension loads, else its NumPy
+    reference :func:`posebh.ops.warp_reference.warp_affine_reference`, where both arithmetics
+    are spelled out; the same bits either way).
     """
     return ops_warp.warp_affine(image, matrix, out_size, method)
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import pickle
 import random
 from collections import Counter, defaultdict
@@ -56,7 +57,9 @@ def reference_read(path: Path, prefix: Path, dataset: str) -> tuple[list[dict], 
         else:
             skipped["image_id not in 'images'"] += 1
     out = []
-    root = str(prefix.resolve()) if prefix.exists() else str(prefix.absolute())
+    # The official loader joins the prefix as given; posebh makes it absolute without
+    # resolving symlinks (a data folder is often a link).
+    root = os.path.abspath(prefix)
     for img in data["images"]:
         width, height = img["width"], img["height"]
         for ann in per_image[img["id"]]:
@@ -396,7 +399,7 @@ def reference_detections(det_file: Path, gt_file: Path, prefix: Path, thr: float
         scale = np.array([cw / 200.0, ch / 200.0], dtype=np.float32) * PAD
         out.append(
             {
-                "image_file": f"{prefix.resolve()}/{images[det['image_id']]['file_name']}",
+                "image_file": f"{os.path.abspath(prefix)}/{images[det['image_id']]['file_name']}",
                 "image_id": det["image_id"],
                 "ann_id": None,
                 "category_id": 1,

@@ -106,17 +106,23 @@ def _warp_torch(
     return warp_affine_reference(image, np.reshape(matrix, (2, 3)), (out_w, out_h), method)  # type: ignore[arg-type]
 
 
+def _read_only_tensor(array: np.ndarray) -> Tensor:
+    """A CPU tensor sharing ``array``'s memory (a C-contiguous copy only if it is not), for an
+    op that only reads it: torch's warning about read-only arrays (e.g. ``np.asarray`` of a
+    PIL image) does not apply and is silenced."""
+    arr = np.ascontiguousarray(array)
+    if arr.flags.writeable:
+        return torch.from_numpy(arr)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+        return torch.from_numpy(arr)
+
+
 @WARP.backend("cpp", _summary_cpp, check=_cpp_check)
 def _warp_cpp(
     image: np.ndarray, matrix: list[float], out_w: int, out_h: int, method: str
 ) -> np.ndarray:
-    arr = np.ascontiguousarray(image)
-    if arr.flags.writeable:
-        img = torch.from_numpy(arr)
-    else:  # e.g. np.asarray of a PIL image; the op only reads it, so torch's warning is moot
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
-            img = torch.from_numpy(arr)
+    img = _read_only_tensor(image)
     return torch.ops.posebh.warp_affine.default(img, matrix, out_w, out_h, method).numpy()
 
 
@@ -199,13 +205,7 @@ def normalize_image(image: np.ndarray, mean: Sequence[float], std: Sequence[floa
     loaded = extensions.state(_EXTENSION).status == "loaded"
     if not (loaded or extensions.unavailable(_EXTENSION) is None):
         return normalize_image_reference(img, mean, std)
-    arr = np.ascontiguousarray(img)
-    if arr.flags.writeable:
-        src = torch.from_numpy(arr)
-    else:  # the op only reads it, so torch's warning is moot
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
-            src = torch.from_numpy(arr)
+    src = _read_only_tensor(img)
     return torch.ops.posebh.normalize_image.default(
         src, [float(m) for m in mean], [float(s) for s in std]
     )
@@ -247,13 +247,7 @@ def warp_normalize_batch(
         if crops:
             return torch.stack(crops)
         return torch.empty((0, img.shape[2], h_out, w_out), dtype=torch.float32)
-    arr = np.ascontiguousarray(img)
-    if arr.flags.writeable:
-        src = torch.from_numpy(arr)
-    else:  # the op only reads it, so torch's warning is moot
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
-            src = torch.from_numpy(arr)
+    src = _read_only_tensor(img)
     return torch.ops.posebh.warp_normalize_batch.default(
         src, flat, w_out, h_out, method, [float(m) for m in mean], [float(s) for s in std]
     )
