@@ -30,13 +30,13 @@ profiled: every backend still runs once and is checked against the reference.
 
 from __future__ import annotations
 
-import time
 import tracemalloc
 from collections.abc import Callable
 from typing import Any
 
 import pytest
 import torch
+from timing import min_ms
 
 from posebh.decode import flip_test_merge
 from posebh.decode import keypoints_from_heatmaps as reference_decode
@@ -135,15 +135,6 @@ def _skip_reason(backend: str, a: dict[str, Any]) -> str | None:
     return ops_decode.DECODE.backends[backend].check(info)
 
 
-def _min_ms(fn: Callable[[], Any], rounds: int) -> float:
-    best = float("inf")
-    for _ in range(rounds):
-        t0 = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - t0)
-    return best * 1e3
-
-
 _READ_GBPS: list[float] = []
 
 
@@ -155,10 +146,10 @@ def _read_gbps() -> float:
     if not _READ_GBPS:
         big = _inputs("wholebody_udp", N_FULL)["heatmaps"]
         threads = torch.get_num_threads()
-        ms = [_min_ms(lambda: big.sum(), 10), _min_ms(lambda: big.numpy().max(), 10)]
+        ms = [min_ms(lambda: big.sum(), 10), min_ms(lambda: big.numpy().max(), 10)]
         torch.set_num_threads(1)
         try:
-            ms.append(_min_ms(lambda: big.sum(), 10))
+            ms.append(min_ms(lambda: big.sum(), 10))
         finally:
             torch.set_num_threads(threads)
         _READ_GBPS.append(big.numel() * big.element_size() / (min(ms) * 1e-3) / 1e9)
@@ -208,7 +199,7 @@ def test_bench_decode(benchmark, case: str, backend: str) -> None:
     mine_ms = benchmark.stats.stats.min * 1e3
     if case not in _REFERENCE_MS:
         ref = _runner("reference", a)
-        _REFERENCE_MS[case] = mine_ms if backend == "reference" else _min_ms(ref, 5)
+        _REFERENCE_MS[case] = mine_ms if backend == "reference" else min_ms(ref, 5)
     hm = a["heatmaps"]
     nbytes = hm.numel() * hm.element_size() * (2 if a["flipped"] is not None else 1)
     read_gbps = _read_gbps()

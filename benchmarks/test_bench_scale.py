@@ -131,13 +131,8 @@ def test_bench_train_pipeline(benchmark, scale, val_instances, one_core, backend
 
 
 @pytest.fixture(scope="module")
-def det_instances(scale: ScaleRoot):
-    instances, _ = read_coco_detections(
-        scale.file(scale_root.DET_FILE),
-        scale.file(scale_root.VAL_GT),
-        scale.file(scale_root.VAL_IMAGES),
-    )
-    return instances[: EVAL_BOXES[scale.size]]
+def det_instances(scale: ScaleRoot, all_detections):
+    return all_detections[: EVAL_BOXES[scale.size]]
 
 
 @pytest.mark.parametrize("backend", ["reference", "posebh"])

@@ -20,13 +20,13 @@ runs once and is checked.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import numpy as np
 import pytest
 import torch
+from timing import min_ms
 
 from posebh.ops import extensions
 from posebh.ops import warp as ops_warp
@@ -83,15 +83,6 @@ def _runner(backend: str, method: str, a: dict[str, Any]) -> Callable[[], np.nda
     return lambda: ops_warp.warp_affine(image, matrix, OUT_SIZE, method, backend=backend)
 
 
-def _min_ms(fn: Callable[[], Any], rounds: int) -> float:
-    best = float("inf")
-    for _ in range(rounds):
-        t0 = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - t0)
-    return best * 1e3
-
-
 def _opencv_float(cv2: Any) -> bool:
     major, minor = (int(v) for v in cv2.__version__.split(".")[:2])
     return (major, minor) >= (4, 11)
@@ -120,7 +111,7 @@ def test_bench_warp(benchmark, inputs, one_thread, case: str, backend: str) -> N
     if benchmark.disabled or not benchmark.stats:
         return
     mine_ms = benchmark.stats.stats.min * 1e3
-    numpy_ms = mine_ms if backend == "numpy" else _min_ms(_runner("numpy", case, inputs), 3)
+    numpy_ms = mine_ms if backend == "numpy" else min_ms(_runner("numpy", case, inputs), 3)
     info: dict[str, Any] = {
         "case": case,
         "backend": backend,
@@ -135,7 +126,7 @@ def test_bench_warp(benchmark, inputs, one_thread, case: str, backend: str) -> N
     }
     if cv2 is not None:
         ref_ms = (
-            mine_ms if backend == "reference" else _min_ms(_runner("reference", case, inputs), 300)
+            mine_ms if backend == "reference" else min_ms(_runner("reference", case, inputs), 300)
         )
         info.update(
             {

@@ -202,8 +202,7 @@ def normalize_image(image: np.ndarray, mean: Sequence[float], std: Sequence[floa
             f"image must be uint8 [H, W, C] with C = len(mean) = len(std), got {img.dtype} "
             f"{img.shape}, {len(mean)} means and {len(std)} stds"
         )
-    loaded = extensions.state(_EXTENSION).status == "loaded"
-    if not (loaded or extensions.unavailable(_EXTENSION) is None):
+    if _auto_backend().name != "cpp":
         return normalize_image_reference(img, mean, std)
     src = _read_only_tensor(img)
     return torch.ops.posebh.normalize_image.default(
