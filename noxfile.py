@@ -6,6 +6,7 @@ reinstall torch (~200 MB) every run, and on these machines only an exact CPU whe
 keeps pip from pulling a CUDA build.  Install once, then run ``nox``.
 
 Default sessions (what CI runs): ``lint``, ``tests``, then ``regression``.
+``nox -s gpu`` runs the GPU self-check (``python -m posebh.selfcheck``, see DEVELOPERS.md).
 ``nox -s bench`` (not a default: it times for minutes) runs ``posebh bench`` and writes
 ``results/bench/<UTC time>/`` with ``bench.json``, ``bench.md`` and ``bench.png``; arguments
 after ``--`` go to ``posebh bench``, e.g. ``nox -s bench -- -k decode``.
@@ -47,6 +48,14 @@ def tests(session: nox.Session) -> None:
 def bench(session: nox.Session) -> None:
     """Timed benchmarks: JSON, Markdown table and speed-up plot (see ``posebh bench --help``)."""
     session.run("python", "-m", "posebh.cli", "bench", *session.posargs)
+
+
+@nox.session(venv_backend="none")
+def gpu(session: nox.Session) -> None:
+    """The GPU self-check (DEVELOPERS.md): ``nox -s gpu -- --out DIR`` (default
+    ``results/selfcheck``); without a GPU it runs the kernel compile check only."""
+    args = session.posargs or ["--out", "results/selfcheck"]
+    session.run("python", "-m", "posebh.selfcheck", "--device", "cuda", *args)
 
 
 @nox.session(venv_backend="none")

@@ -1,0 +1,5 @@
+import sys
+
+from posebh.selfcheck.run import main
+
+sys.exit(main())
