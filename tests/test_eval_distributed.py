@@ -4,6 +4,9 @@ rank 0 alone writes.  The sharding is checked against its definition on many siz
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
+import io
 import json
 import os
 import socket
@@ -12,7 +15,9 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 from test_evaluate_grouped import ConvStub, _as_json
+from test_reproduce import fixture_root, fixture_weights  # noqa: F401  (the fixtures)
 
 import posebh.evaluation.distributed as distributed
 from posebh.datasets import DatasetSpec, read_dataset
@@ -142,3 +147,100 @@ def test_two_gloo_ranks_write_the_single_process_results(
             del meta[key]
     assert json.dumps(a, sort_keys=True) == json.dumps(b, sort_keys=True)
     assert (ranks / "metrics.md").read_bytes() == (single / "metrics.md").read_bytes()
+
+
+# ------------------------------------------------------------------------------------------
+# posebh reproduce --gpus N: one torchrun evaluation per (model, row)
+# ------------------------------------------------------------------------------------------
+
+
+def test_real_mode_gpus_dry_run_prints_one_torchrun_eval_per_cell(
+    fixture_root: Path,  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    from posebh.cli import main as cli_main
+    from posebh.reproduce.tables import load_table
+
+    weights = tmp_path / "weights"
+    weights.mkdir()
+    (weights / "posebh_base.pth").write_bytes(b"")  # a dry run only looks for the file
+    out = tmp_path / "run"
+    argv = [
+        "reproduce", "table1", "--data-root", str(fixture_root), "--weights", str(weights),
+        "--gpus", "4", "--device", "cuda", "--dry-run", "--max-instances", "64",
+        "--out", str(out), "--models", "posebh_b,vitpose_plus_b",
+    ]  # fmt: skip
+    buffer = io.StringIO()
+    with contextlib.redirect_stdout(buffer):
+        assert cli_main(argv) == 0
+    lines = [x for x in buffer.getvalue().splitlines() if x.startswith("$ ")]
+    rows = load_table("table1").rows
+    assert len(lines) == len(rows)  # vitpose+_base.pth is absent: its cells are not planned
+    for line, row in zip(lines, rows, strict=True):
+        assert "-m torch.distributed.run --standalone --nproc_per_node 4 -m posebh.cli eval" in line
+        assert f"--dataset {row.dataset} --split {row.split} " in line
+        assert ("--gt-bbox" if row.use_gt_bbox else "--det-bbox") in line
+        assert f"--checkpoint {weights / 'posebh_base.pth'}" in line
+        assert "--device cuda" in line and "--max-instances 64" in line
+        assert f"--out {out / 'eval' / 'posebh_b' / f'{row.dataset}_{row.split}'}" in line
+    assert not (out / "eval").exists()
+
+
+def test_eval_ranks_need_cuda_and_real_or_train_mode(monkeypatch: pytest.MonkeyPatch) -> None:
+    from posebh.reproduce.run import TableOptions, _eval_ranks
+
+    real = {"data_root": Path("d"), "weights": Path("w")}
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert _eval_ranks(TableOptions(**real, gpus=4)) == 1  # CPU: in-process
+    assert _eval_ranks(TableOptions(**real, gpus=4, device="cuda")) == 4
+    assert _eval_ranks(TableOptions(gpus=4, device="cuda")) == 1  # synthetic default
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert _eval_ranks(TableOptions(**real)) == 1  # real mode defaults to one process
+    assert _eval_ranks(TableOptions(**real, gpus=2)) == 2
+    assert _eval_ranks(TableOptions(**real, gpus=2, device="cpu")) == 1
+    assert _eval_ranks(TableOptions(data_root=Path("d"), train=True)) == 8  # as training
+
+
+@pytest.mark.slow
+def test_a_planned_cell_run_on_two_gloo_ranks_is_the_in_process_cell(
+    fixture_root: Path,  # noqa: F811
+    fixture_weights: Path,  # noqa: F811
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The harness's COCO cell of the multi-dataset PoseBH file as its torchrun command (on
+    2 gloo ranks instead of CUDA) gives the in-process harness's metrics and predictions."""
+    from posebh.reproduce.harness import RunContext, evaluate_table
+    from posebh.reproduce.launch import eval_plan, evaluate_with_torchrun
+    from posebh.reproduce.tables import load_table
+
+    table = load_table("table1")
+    table = dataclasses.replace(table, rows=[r for r in table.rows if r.dataset == "coco"])
+    monkeypatch.setenv("PYTHONPATH", str(REPO))
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    settings = {"batch_size": 8, "max_instances": 40, "progress": False}
+    [cmd] = eval_plan(
+        table, fixture_root, fixture_weights, tmp_path / "ranks", models=["posebh_b"],
+        ranks=2, device="cpu", **settings,
+    )  # fmt: skip
+    assert "--as-single-dataset" in cmd and "--det-bbox" in cmd
+    launched = evaluate_with_torchrun(cmd)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as each rank
+    try:
+        context = RunContext(
+            data_root=fixture_root, weights=fixture_weights, mode="real", measured_label="x",
+            batch_size=8, max_instances=40, progress=False, floor=False,
+        )  # fmt: skip
+        run = evaluate_table(table, context, tmp_path / "single", models=["posebh_b"], log=None)
+    finally:
+        torch.set_num_threads(threads)
+    assert launched.meta["world_size"] == 2 and launched.meta["instances"] == 40
+    cell = next(c for c in run.cells if c.metric == "AP")
+    assert cell.measured is not None and cell.eval_dir
+    single = json.loads((Path(cell.eval_dir) / "metrics.json").read_text())
+    assert launched.metrics == single["metrics"]
+    assert (
+        Path(launched.files["predictions"]).read_bytes()
+        == (Path(cell.eval_dir) / "predictions.json").read_bytes()
+    )
