@@ -11,18 +11,22 @@ Cases (N instances × K keypoints × 64×48 maps, float32, model-like σ = 2 Gau
   (``shift_heatmap=False``).
 
 Backends: ``reference`` (posebh.decode.keypoints_from_heatmaps, after
-posebh.decode.flip_test_merge for the flip cases: what posebh.evaluate runs today), ``cpp``,
-``triton`` and ``cuda`` (skipped with the dispatcher's reason when they cannot run here).
+posebh.decode.flip_test_merge for the flip cases, on CPU maps), ``cpp``, ``triton`` and
+``cuda``.  Each backend decodes maps on its own device, as the evaluation hands them over:
+the GPU backends get CUDA maps (the model's output, with CPU ``center``/``scale``) when CUDA
+exists, and are skipped with the dispatcher's reason otherwise (CPU maps: Triton needs the
+interpreter, the CUDA op a GPU).  GPU rows are timed to a ``torch.cuda.synchronize()``.
 ``extra_info`` holds, per run:
 ``speedup_vs_reference`` (reference min time / this min time, the reference timed in the same
-session), ``peak_mb`` (peak of torch's CPU allocator, from the profiler's memory events, plus
-NumPy/Python's traced peak; the C++ op's per-thread O(H·W) scratch is not counted),
-``input_mb``, ``read_gbps`` (the best of torch.sum on the benchmark's threads, on one
-thread, and NumPy's max over the 105 MB wholebody maps: this machine's streaming read
-bandwidth), ``floor_ms`` (bytes /
-read_gbps: the time one read of the input takes from memory) and ``pct_of_floor`` (floor_ms /
-this time: how close the decode gets to reading its input once). The COCO inputs (13–26 MB)
-partly stay in the 32 MB L3 cache between rounds, so their "floor" can be beaten.
+session), ``device``, ``peak_mb`` (peak of torch's CPU allocator, from the profiler's memory
+events, plus NumPy/Python's traced peak; the C++ op's per-thread O(H·W) scratch is not
+counted; on CUDA the CUDA allocator's peak), ``input_mb``, ``read_gbps`` (the best of
+torch.sum on the benchmark's threads, on one thread, and NumPy's max over the 105 MB
+wholebody maps: this machine's streaming read bandwidth; on CUDA torch.sum over those maps on
+the GPU, synchronised), ``floor_ms`` (bytes / read_gbps: the time one read of the input takes
+from memory) and ``pct_of_floor`` (floor_ms / this time: how close the decode gets to reading
+its input once). The COCO inputs (13–26 MB) partly stay in the 32 MB L3 cache between
+rounds, so their "floor" can be beaten.
 
 With ``--benchmark-disable`` (the CI smoke run) the maps shrink to N 2 and nothing is timed or
 profiled: every backend still runs once and is checked against the reference.
@@ -57,8 +61,13 @@ CASES: dict[str, dict[str, Any]] = {
 BACKENDS = ["reference", "cpp", "triton", "cuda"]
 N_FULL, N_SMOKE, H, W = 64, 2, 64, 48
 
-_INPUTS: dict[tuple[str, int], dict[str, Any]] = {}
+_INPUTS: dict[tuple[str, int, str], dict[str, Any]] = {}
 _REFERENCE_MS: dict[str, float] = {}
+
+
+def _device(backend: str) -> str:
+    """Where ``backend``'s maps live: CUDA for the GPU backends when there is one."""
+    return "cuda" if backend in ("triton", "cuda") and torch.cuda.is_available() else "cpu"
 
 
 def _maps(n: int, k: int, seed: int) -> torch.Tensor:
@@ -72,8 +81,15 @@ def _maps(n: int, k: int, seed: int) -> torch.Tensor:
     return maps + 0.01 * torch.randn(n, k, H, W, generator=gen)
 
 
-def _inputs(case: str, n: int) -> dict[str, Any]:
-    key = (case, n)
+def _inputs(case: str, n: int, device: str = "cpu") -> dict[str, Any]:
+    key = (case, n, device)
+    if device != "cpu" and key not in _INPUTS:
+        on_cpu = _inputs(case, n)
+        _INPUTS[key] = {
+            **on_cpu,
+            "heatmaps": on_cpu["heatmaps"].to(device),
+            "flipped": None if on_cpu["flipped"] is None else on_cpu["flipped"].to(device),
+        }
     if key not in _INPUTS:
         cfg = CASES[case]
         k = cfg["k"]
@@ -106,8 +122,10 @@ def _runner(backend: str, a: dict[str, Any]) -> Callable[[], Any]:
 
         return run
 
+    on_gpu = a["heatmaps"].device.type == "cuda"
+
     def run_fused() -> Any:
-        return ops_decode.decode_heatmaps(
+        out = ops_decode.decode_heatmaps(
             a["heatmaps"],
             a["center"],
             a["scale"],
@@ -117,6 +135,9 @@ def _runner(backend: str, a: dict[str, Any]) -> Callable[[], Any]:
             backend=backend,
             **a["kw"],
         )
+        if on_gpu:
+            torch.cuda.synchronize()  # the kernels run asynchronously: time them to the end
+        return out
 
     return run_fused
 
@@ -136,6 +157,23 @@ def _skip_reason(backend: str, a: dict[str, Any]) -> str | None:
 
 
 _READ_GBPS: list[float] = []
+_DEVICE_READ_GBPS: list[float] = []
+
+
+def _device_read_gbps() -> float:
+    """Streaming read bandwidth of the GPU (GB/s): torch.sum over the 105 MB wholebody maps
+    on CUDA, synchronised, best of 10."""
+    if not _DEVICE_READ_GBPS:
+        big = _inputs("wholebody_udp", N_FULL, "cuda")["heatmaps"]
+
+        def read() -> None:
+            big.sum()
+            torch.cuda.synchronize()
+
+        read()
+        ms = min_ms(read, 10)
+        _DEVICE_READ_GBPS.append(big.numel() * big.element_size() / (ms * 1e-3) / 1e9)
+    return _DEVICE_READ_GBPS[0]
 
 
 def _read_gbps() -> float:
@@ -156,8 +194,16 @@ def _read_gbps() -> float:
     return _READ_GBPS[0]
 
 
-def _peak_mb(fn: Callable[[], Any]) -> float:
-    """Peak of torch's CPU allocator (profiler memory events) + NumPy/Python's traced peak."""
+def _peak_mb(fn: Callable[[], Any], device: str = "cpu") -> float:
+    """Peak of torch's CPU allocator (profiler memory events) + NumPy/Python's traced peak;
+    on CUDA the CUDA allocator's peak above what was allocated before the call."""
+    if device == "cuda":
+        torch.cuda.synchronize()
+        before = torch.cuda.memory_allocated()
+        torch.cuda.reset_peak_memory_stats()
+        fn()
+        torch.cuda.synchronize()
+        return (torch.cuda.max_memory_allocated() - before) / 2**20
     from torch.profiler import ProfilerActivity, profile
 
     tracemalloc.start()
@@ -183,7 +229,8 @@ def _peak_mb(fn: Callable[[], Any]) -> float:
 @pytest.mark.parametrize("case", list(CASES))
 def test_bench_decode(benchmark, case: str, backend: str) -> None:
     n = N_SMOKE if benchmark.disabled else N_FULL
-    a = _inputs(case, n)
+    device = _device(backend)
+    a = _inputs(case, n, device)
     why = _skip_reason(backend, a)
     if why is not None:
         pytest.skip(f"{backend}: {why}")
@@ -191,23 +238,25 @@ def test_bench_decode(benchmark, case: str, backend: str) -> None:
     rounds = 1 if benchmark.disabled else (5 if backend == "reference" else 30)
     warmup = 0 if benchmark.disabled else 1
     preds, maxvals = benchmark.pedantic(run, rounds=rounds, iterations=1, warmup_rounds=warmup)
-    ref_preds, ref_maxvals = _runner("reference", a)()
-    torch.testing.assert_close(torch.as_tensor(preds), ref_preds, atol=1e-3, rtol=0)
-    torch.testing.assert_close(torch.as_tensor(maxvals), ref_maxvals, atol=1e-6, rtol=0)
+    assert torch.as_tensor(preds).device.type == device  # decoded where the maps are
+    ref_preds, ref_maxvals = _runner("reference", _inputs(case, n))()
+    torch.testing.assert_close(torch.as_tensor(preds).cpu(), ref_preds, atol=1e-3, rtol=0)
+    torch.testing.assert_close(torch.as_tensor(maxvals).cpu(), ref_maxvals, atol=1e-6, rtol=0)
     if benchmark.disabled or not benchmark.stats:
         return
     mine_ms = benchmark.stats.stats.min * 1e3
     if case not in _REFERENCE_MS:
-        ref = _runner("reference", a)
+        ref = _runner("reference", _inputs(case, n))
         _REFERENCE_MS[case] = mine_ms if backend == "reference" else min_ms(ref, 5)
     hm = a["heatmaps"]
     nbytes = hm.numel() * hm.element_size() * (2 if a["flipped"] is not None else 1)
-    read_gbps = _read_gbps()
+    read_gbps = _device_read_gbps() if device == "cuda" else _read_gbps()
     floor_ms = nbytes / (read_gbps * 1e9) * 1e3
     benchmark.extra_info.update(
         {
             "case": case,
             "backend": backend,
+            "device": device,
             "shape": list(hm.shape),
             "settings": {**a["kw"], "flip": a["flipped"] is not None, "shift": a["shift"]},
             "threads": torch.get_num_threads(),
@@ -215,7 +264,7 @@ def test_bench_decode(benchmark, case: str, backend: str) -> None:
             "min_ms": round(mine_ms, 3),
             "reference_min_ms": round(_REFERENCE_MS[case], 3),
             "speedup_vs_reference": round(_REFERENCE_MS[case] / mine_ms, 2),
-            "peak_mb": round(_peak_mb(run), 2),
+            "peak_mb": round(_peak_mb(run, device), 2),
             "input_mb": round(nbytes / 2**20, 1),
             "read_gbps": round(read_gbps, 2),
             "floor_ms": round(floor_ms, 3),

@@ -104,6 +104,11 @@ def _cmd_eval(args: argparse.Namespace) -> int:
 
     from posebh.datasets import DatasetSpec, default_spec
     from posebh.evaluate import default_protocol, evaluate
+    from posebh.evaluation.distributed import (
+        close_eval_process_group,
+        eval_world,
+        init_eval_process_group,
+    )
     from posebh.skeletons import get_skeleton
 
     name = get_skeleton(args.dataset).name
@@ -122,9 +127,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
             source="command line",
         )
     else:
-        spec = default_spec(
-            name, args.split, args.data_root, use_gt_bbox=True if args.gt_bbox else None
-        )
+        spec = default_spec(name, args.split, args.data_root, use_gt_bbox=args.gt_bbox)
     overrides = {}
     if args.no_flip:
         overrides["flip_test"] = False
@@ -146,11 +149,9 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     elif not args.gt_as_prediction:
         arch = _parse_overrides(args.override)
         if args.checkpoint:
-            from posebh.checkpoint import load_model
-
             if args.num_heads:
                 arch["num_heads"] = args.num_heads
-            model, checkpoint = load_model(args.checkpoint, **arch), str(args.checkpoint)
+            model, checkpoint = _load_eval_model(args.checkpoint, args.as_single_dataset, arch)
         elif args.preset:
             from posebh.models import build_model
 
@@ -162,25 +163,54 @@ def _cmd_eval(args: argparse.Namespace) -> int:
                 "pass --checkpoint (or --preset for a random model, or --gt-as-prediction)"
             )
     out_dir = args.out or Path("results") / "eval" / f"{name}_{spec.split or args.split}"
-    result = evaluate(
-        model,
-        spec,
-        protocol=protocol,
-        head=args.head,
-        expert=args.expert,
-        batch_size=args.batch_size,
-        device=args.device,
-        num_workers=args.workers,
-        gt_as_prediction=args.gt_as_prediction,
-        mean_pose_from=floor,
-        data_root=args.data_root,
-        decode_backend=args.decode_backend,
-        out_dir=out_dir,
-        checkpoint=checkpoint,
-    )
+    # Under torchrun (WORLD_SIZE > 1) every rank predicts a shard; rank 0 scores and writes.
+    device = init_eval_process_group(args.device)
+    rank = eval_world()[0]
+    try:
+        result = evaluate(
+            model,
+            spec,
+            protocol=protocol,
+            head=args.head,
+            expert=args.expert,
+            batch_size=args.batch_size,
+            device=device,
+            num_workers=args.workers,
+            gt_as_prediction=args.gt_as_prediction,
+            mean_pose_from=floor,
+            data_root=args.data_root,
+            decode_backend=args.decode_backend,
+            out_dir=out_dir,
+            checkpoint=checkpoint,
+            precision=args.precision,
+            max_instances=args.max_instances,
+            submission_only=args.submission_only,
+            progress=not args.no_progress and rank == 0,
+            log=print if rank == 0 else None,
+        )
+    finally:
+        close_eval_process_group()
+    if rank != 0:
+        return 0
     print(f"wrote {', '.join(result.files.values())}")
     print(f"protocol: {dataclasses.asdict(protocol)}")
     return 0
+
+
+def _load_eval_model(
+    path: Path, single_dataset: str | None, arch: dict[str, object]
+) -> tuple[torch.nn.Module, str]:
+    """``--checkpoint`` (with ``--as-single-dataset``: a multi-dataset file split for that
+    dataset's expert, as the reproduce harness evaluates release files) and its label."""
+    from posebh.checkpoint import load_model, read_checkpoint
+
+    if single_dataset is None:
+        return load_model(path, **arch), str(path)
+    state = read_checkpoint(path)
+    keys = state.get("state_dict", state)
+    multi = any(".mlp.experts." in k for k in keys)
+    model = load_model(state, dataset=single_dataset if multi else None, **arch)
+    return model, str(path)
 
 
 def _cmd_synth(args: argparse.Namespace) -> int:
@@ -463,7 +493,7 @@ def build_parser(progs: Mapping[str, str] | None = None) -> argparse.ArgumentPar
         required=True,
         help="coco, aic, mpii, ap10k, apt36k, coco_wholebody, ochuman, interhand2d or pw3d",
     )
-    ev.add_argument("--split", default="val", choices=("train", "val", "test"))
+    ev.add_argument("--split", default="val", choices=("train", "val", "test", "test-dev"))
     ev.add_argument("--data-root", type=Path, default=Path("data"))
     ev.add_argument("--ann-file", type=Path, default=None, help="instead of the layout")
     ev.add_argument("--img-prefix", type=Path, default=None)
@@ -474,7 +504,19 @@ def build_parser(progs: Mapping[str, str] | None = None) -> argparse.ArgumentPar
         help="person detections (COCO results format); default: GT boxes",
     )
     ev.add_argument("--det-bbox-thr", type=float, default=0.0)
-    ev.add_argument("--gt-bbox", action="store_true", help="GT boxes instead of detections")
+    ev.add_argument(
+        "--gt-bbox",
+        dest="gt_bbox",
+        action="store_true",
+        default=None,
+        help="GT boxes instead of detections",
+    )
+    ev.add_argument(
+        "--det-bbox",
+        dest="gt_bbox",
+        action="store_false",
+        help="the layout's detection boxes (the default where the official config has them)",
+    )
     ev.add_argument("--camera-file", type=Path, default=None, help="InterHand2.6M")
     ev.add_argument("--joint-file", type=Path, default=None, help="InterHand2.6M")
     ev.add_argument("--gt-file", type=Path, default=None, help="MPII mpii_gt_val.mat")
@@ -488,6 +530,13 @@ def build_parser(progs: Mapping[str, str] | None = None) -> argparse.ArgumentPar
         help="model config override (with --preset or --checkpoint)",
     )
     ev.add_argument("--num-heads", type=int, default=None)
+    ev.add_argument(
+        "--as-single-dataset",
+        metavar="DATASET",
+        default=None,
+        help="load a multi-dataset --checkpoint as DATASET's single-head model (its expert "
+        "merged, as posebh reproduce does); a single-dataset checkpoint loads as it is",
+    )
     ev.add_argument("--seed", type=int, default=0)
     ev.add_argument("--head", type=int, default=None, help="heatmap head (default: dataset's)")
     ev.add_argument("--expert", type=int, default=None, help="backbone expert (default: head)")
@@ -506,7 +555,32 @@ def build_parser(progs: Mapping[str, str] | None = None) -> argparse.ArgumentPar
         help="heatmap decoding implementation; torch = the NumPy reference (debugging)",
     )
     ev.add_argument("--batch-size", type=int, default=32)
-    ev.add_argument("--device", default="cpu")
+    ev.add_argument(
+        "--device",
+        default="cpu",
+        help="cpu or cuda; under torchrun --nproc_per_node N each rank takes cuda:LOCAL_RANK "
+        "(NCCL; gloo on cpu), predicts a shard and rank 0 writes the results",
+    )
+    ev.add_argument(
+        "--precision",
+        choices=("fp32", "bf16", "fp16"),
+        default="fp32",
+        help="forward pass under torch.autocast in bf16/fp16 (decode stays fp32); default "
+        "fp32, the exact path",
+    )
+    ev.add_argument(
+        "--max-instances",
+        type=int,
+        default=None,
+        metavar="N",
+        help="evaluate the first N instances (file order) against their images' GT only",
+    )
+    ev.add_argument(
+        "--submission-only",
+        action="store_true",
+        help="no metrics: predictions.json is the server submission (COCO test-dev)",
+    )
+    ev.add_argument("--no-progress", action="store_true", help="no progress bar")
     ev.add_argument(
         "--workers",
         type=int,

@@ -16,14 +16,13 @@ from the pixels scores about that; "far above chance" means far above it.
 from __future__ import annotations
 
 import dataclasses
-import functools
 import json
 import os
 import platform
 import subprocess
 import time
 from collections import defaultdict
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -31,10 +30,7 @@ from typing import Any
 import numpy as np
 import torch
 from tabulate import tabulate
-from torch.utils.data import DataLoader
-from tqdm import tqdm
 
-from posebh.codecs import decoding_codec
 from posebh.datasets import DatasetSpec, Instance, ReadSummary, default_spec, read_dataset
 from posebh.evaluation import (
     auc,
@@ -47,51 +43,17 @@ from posebh.evaluation import (
     rescore_and_nms,
     wholebody_eval,
 )
-from posebh.pipeline import (
-    ImageRunDataset,
-    TopDownDataset,
-    multi_dataset_collate,
-    per_dataset_pipeline,
+from posebh.evaluation.distributed import eval_world, predict_on_ranks
+from posebh.evaluation.predict import (  # noqa: F401  (re-exported: posebh.evaluate.predict, ...)
+    MAX_AUTO_WORKERS,
+    PRECISIONS,
+    EvalProtocol,
+    default_num_workers,
+    default_protocol,
+    inference_autocast,
+    predict,
 )
 from posebh.protocol import DatasetProtocol, get_protocol
-
-
-@dataclass(frozen=True)
-class EvalProtocol:
-    """The settings one evaluation runs with (defaults: the official per-dataset configs)."""
-
-    dataset: str
-    flip_test: bool = True
-    shift_heatmap: bool = False
-    post_process: str | None = "default"
-    use_udp: bool = True
-    kernel: int = 11
-    vis_thr: float = 0.2
-    oks_thr: float = 0.9
-    soft_nms: bool = False
-    use_nms: bool = True
-    use_area: bool = True
-    metric: str = "oks"
-    source: str = ""
-
-
-def default_protocol(dataset: str | int | DatasetProtocol, **overrides: Any) -> EvalProtocol:
-    """The official evaluation protocol of ``dataset`` (its :mod:`posebh.protocol` record:
-    PROTOCOL.md §6), fields overridable."""
-    record = get_protocol(dataset)
-    d = record.decode
-    proto = EvalProtocol(
-        dataset=record.name,
-        flip_test=d.flip_test,
-        shift_heatmap=d.shift_heatmap,
-        post_process=d.post_process,
-        use_udp=d.use_udp,
-        kernel=d.kernel,
-        use_area=record.use_area,
-        metric=record.metric,
-        source=d.source,
-    )
-    return dataclasses.replace(proto, **overrides) if overrides else proto
 
 
 @dataclass
@@ -116,226 +78,6 @@ def _flat_metrics(metrics: dict[str, Any]) -> dict[str, float]:
             out.update({f"{k}/{kk}": vv for kk, vv in _flat_metrics(v).items()})
         elif isinstance(v, (int, float)) and not isinstance(v, bool):
             out[k] = float(v)
-    return out
-
-
-# ------------------------------------------------------------------------------------------
-# Inference
-# ------------------------------------------------------------------------------------------
-
-
-def _choose_head(model: torch.nn.Module, record: DatasetProtocol, head: int | None) -> int:
-    heads = model.heads
-    if head is None:
-        if len(heads) == 1:
-            head = 0
-        else:
-            head = record.eval_head
-            if head is None:
-                raise ValueError(
-                    f"{record.name} is not one of this {len(heads)}-head model's training "
-                    "datasets; pass head=... (and expert=...)"
-                )
-    if not 0 <= head < len(heads):
-        raise ValueError(f"head {head} out of range for a model with {len(heads)} heads")
-    k = record.skeleton.num_keypoints
-    if heads[head].num_keypoints != k:
-        raise ValueError(
-            f"head {head} predicts {heads[head].num_keypoints} keypoints; {record.name} has {k}"
-        )
-    return head
-
-
-#: The most DataLoader workers the automatic choice starts (decode + crop per box is about a
-#: millisecond, so a few cores keep a GPU fed; more mostly add start-up time and memory).
-MAX_AUTO_WORKERS = 8
-
-
-def default_num_workers() -> int:
-    """DataLoader workers for evaluation: one per core this process may run on, at most
-    :data:`MAX_AUTO_WORKERS`; 0 (in-process) on a single core."""
-    try:
-        cores = len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        cores = os.cpu_count() or 1
-    return 0 if cores <= 1 else min(cores, MAX_AUTO_WORKERS)
-
-
-def _single_threaded_worker(worker_id: int) -> None:
-    # Workers run one crop at a time; intra-op threads in every worker would oversubscribe
-    # the cores (PyTorch sets this too; said here so it holds whatever the loader version).
-    torch.set_num_threads(1)
-
-
-def _as_is(item: Any) -> Any:
-    return item
-
-
-def _batches(
-    data: TopDownDataset,
-    batch_size: int,
-    num_workers: int,
-    group_by_image: bool,
-    pin_memory: bool,
-) -> Iterator[dict[str, Any]]:
-    """Collated batches of ``batch_size`` consecutive instances of ``data`` (the last one
-    shorter): the batches of ``DataLoader(data, batch_size)``, whatever ``group_by_image``.
-
-    ``group_by_image`` loads one run of same-image instances per item (the image decoded
-    once, :class:`ImageRunDataset`) and cuts the sample stream into those same batches, so
-    the network sees the same batches, and the predictions are the same bits, as per box.
-    """
-    collate = functools.partial(multi_dataset_collate, max_num_joints=None)
-    common: dict[str, Any] = {
-        "shuffle": False,
-        "num_workers": num_workers,
-        "worker_init_fn": _single_threaded_worker if num_workers else None,
-    }
-    if not group_by_image:
-        loader = DataLoader(
-            data, batch_size=batch_size, collate_fn=collate, pin_memory=pin_memory, **common
-        )
-        yield from loader
-        return
-    runs = ImageRunDataset(data)
-    if num_workers:
-        common["num_workers"] = min(num_workers, len(runs))
-    # batch_size=None: each item (one image's samples) comes through as is; the batches are
-    # cut here, and pinned after collation (pinning per-sample tensors would be lost there).
-    loader = DataLoader(runs, batch_size=None, collate_fn=_as_is, **common)
-    pending: list[dict[str, Any]] = []
-    for samples in loader:
-        pending.extend(samples)
-        while len(pending) >= batch_size:
-            chunk, pending = pending[:batch_size], pending[batch_size:]
-            yield _collate_pinned(collate, chunk, pin_memory)
-    if pending:
-        yield _collate_pinned(collate, pending, pin_memory)
-
-
-def _collate_pinned(
-    collate: Callable[[list[dict[str, Any]]], dict[str, Any]],
-    samples: list[dict[str, Any]],
-    pin_memory: bool,
-) -> dict[str, Any]:
-    batch = collate(samples)
-    if pin_memory:
-        batch["img"] = batch["img"].pin_memory()
-    return batch
-
-
-@torch.inference_mode()
-def predict(
-    model: torch.nn.Module | None,
-    instances: Sequence[Instance],
-    protocol: EvalProtocol,
-    *,
-    head: int | None = None,
-    expert: int | None = None,
-    batch_size: int = 32,
-    device: str | torch.device | None = None,
-    num_workers: int | None = None,
-    progress: bool = True,
-    decode_backend: str = "auto",
-    heatmap_oracle: bool = False,
-    group_by_image: bool = True,
-) -> list[dict[str, Any]]:
-    """Keypoints of every instance: ``[{"keypoints": [K, 3] (x, y, score), "center",
-    "scale", "area", "score" (box score), "image_id", "category_id", "index"}]``.
-
-    ``heatmap_oracle=True`` (``model=None``) replaces the network's heatmaps by the target
-    heatmaps the evaluation crop's ground truth encodes to (the dataset's val encoding, at
-    the default 256×192 input), and decodes them exactly as model output, without the flip
-    test (a flipped oracle map would need the flipped crop's targets).  It checks the whole
-    crop → encode → decode → image-coordinates → metric chain without a trained model: a
-    correct chain scores close to the maximum, a broken decode does not.
-
-    Loading: ``group_by_image`` (default) decodes each image once for all its consecutive
-    boxes; ``False`` decodes per box (the reference path; same predictions, bit for bit).
-    ``num_workers``: DataLoader worker processes, ``None`` = :func:`default_num_workers`,
-    0 = in-process; evaluation draws nothing at random, so the count changes no value.
-    Batches are pinned when the model is on CUDA.
-    """
-    if num_workers is not None and num_workers < 0:
-        raise ValueError(f"num_workers must be >= 0 (or None for automatic), got {num_workers}")
-    workers = default_num_workers() if num_workers is None else int(num_workers)
-    record = get_protocol(protocol.dataset)
-    skeleton = record.skeleton
-    size: dict[str, Any] = {}
-    if heatmap_oracle:
-        if model is not None:
-            raise ValueError("heatmap_oracle=True replaces the model: pass model=None")
-        protocol = dataclasses.replace(protocol, flip_test=False)
-        expert = 0
-    else:
-        if model is None:
-            raise ValueError("predict() needs a model unless heatmap_oracle=True")
-        head = _choose_head(model, record, head)
-        if expert is None:
-            expert = head
-        has_experts = getattr(model.backbone, "num_experts", 0) > 0
-        device = torch.device(device) if device is not None else next(model.parameters()).device
-        model = model.eval().to(device)
-        cfg = getattr(model, "config", None)
-        if cfg is not None and hasattr(cfg, "img_size"):
-            # Crop at the model's input size (the pipeline speaks (w, h), the config (h, w)).
-            (h, w), (hh, hw) = cfg.img_size, cfg.heatmap_size
-            size = {"image_size": (w, h), "heatmap_size": (hw, hh)}
-    pipeline = per_dataset_pipeline(
-        record,
-        train=False,
-        max_num_joints=None,
-        use_udp=protocol.use_udp,
-        with_target=heatmap_oracle,
-        **size,
-    )
-    codec = decoding_codec(protocol.use_udp, protocol.post_process, protocol.kernel)
-    data = TopDownDataset(instances, skeleton, pipeline, dataset_idx=expert)
-    pin = not heatmap_oracle and torch.device(device).type == "cuda"
-    batches = _batches(data, batch_size, workers, group_by_image, pin)
-    out: list[dict[str, Any]] = []
-    bar = tqdm(total=len(data), desc=f"eval {protocol.dataset}", unit="box", disable=not progress)
-    for batch in batches:
-        flipped = None
-        if heatmap_oracle:
-            heatmaps = batch["target"]
-        else:
-            images = batch["img"].to(device, non_blocking=pin)
-            route = batch["dataset_idx"].to(device) if has_experts else None
-            heatmaps = model(images, route, heads=[head]).heatmaps[head]
-        if protocol.flip_test and not heatmap_oracle:
-            flipped = model(images.flip(3), route, heads=[head]).heatmaps[head].cpu()
-        metas = batch["img_metas"]
-        center = np.stack([m["center"] for m in metas]).astype(np.float32)
-        scale = np.stack([m["scale"] for m in metas]).astype(np.float32)
-        # The fused op merges the flipped maps (flip_back, shift, average) and decodes in one
-        # pass; "torch" selects the NumPy reference (posebh.decode) for debugging.  Maps go
-        # to the CPU: the GPU kernels are compile-checked only so far.
-        preds, maxvals = codec.decode(
-            heatmaps.cpu(),
-            center,
-            scale,
-            flipped=flipped,
-            flip_indices=skeleton.flip_indices,
-            shift=protocol.shift_heatmap,
-            backend=decode_backend,
-        )
-        preds, maxvals = preds.numpy(), maxvals.float().numpy()
-        for i, m in enumerate(metas):
-            out.append(
-                {
-                    "keypoints": np.concatenate([preds[i], maxvals[i]], axis=1),
-                    "center": center[i],
-                    "scale": scale[i],
-                    "area": float(np.prod(scale[i] * 200.0)),
-                    "score": m["bbox_score"],
-                    "image_id": m["image_id"],
-                    "category_id": m["category_id"],
-                    "index": m["index"],
-                }
-            )
-        bar.update(len(metas))
-    bar.close()
     return out
 
 
@@ -585,6 +327,7 @@ def evaluate(
     progress: bool = True,
     decode_backend: str = "auto",
     max_instances: int | None = None,
+    precision: str = "fp32",
     log: Callable[[str], None] | None = print,
 ) -> EvalResult:
     """Evaluate ``model`` on ``dataset`` (a name under ``data_root``'s official layout, or a
@@ -603,8 +346,14 @@ def evaluate(
     file, GT instances otherwise) and scores them against the ground truth of those
     instances only (:func:`_subset_ground_truth`); the meta says so (``max_instances``,
     ``instances_total``, ``subset``).
+    ``precision``: ``"fp32"`` (exact), ``"bf16"`` or ``"fp16"`` autocast of the forward pass
+    (:func:`predict`).  In an initialised process group of N ranks (``torchrun``, see
+    :mod:`posebh.evaluation.distributed`) each rank predicts a shard and rank 0 alone scores,
+    writes and returns the result (a single process's, bit for bit); the other ranks get an
+    empty result (metrics ``{}``).  ``meta`` records ``precision`` and ``world_size``.
     """
     start = time.perf_counter()
+    rank, world_size = eval_world()
     if max_instances is not None and max_instances < 1:
         raise ValueError(f"max_instances must be ≥ 1, got {max_instances}")
     if sum([gt_as_prediction, heatmap_oracle, mean_pose_from is not None]) > 1:
@@ -660,7 +409,7 @@ def evaluate(
             "evaluate() needs a model unless gt_as_prediction=True or heatmap_oracle=True"
         )
     else:
-        predictions = predict(
+        predictions = predict_on_ranks(
             model,
             instances,
             protocol,
@@ -672,7 +421,10 @@ def evaluate(
             progress=progress,
             decode_backend=decode_backend,
             heatmap_oracle=heatmap_oracle,
+            precision=precision,
         )
+    if rank != 0 or predictions is None:  # rank 0 of a multi-rank evaluation scores alone
+        return EvalResult(name, metrics={}, meta={"rank": rank, "world_size": world_size})
     if submission_only and protocol.metric not in ("oks", "wholebody"):
         raise ValueError(f"submission_only applies to COCO-format splits, not {name}")
     metrics, records = compute_metrics(
@@ -704,6 +456,8 @@ def evaluate(
         else "model",
         "mean_pose_reference": reference_meta,
         "decode_backend": None if gt_as_prediction or reference_meta else decode_backend,
+        "precision": precision if model is not None and not gt_as_prediction else None,
+        "world_size": world_size,
         "checkpoint": checkpoint,
         "model_config": _model_config(model)
         if model is not None and not gt_as_prediction

@@ -21,6 +21,7 @@ import pytest
 import torch
 
 import posebh.evaluate as evaluate_module
+import posebh.evaluation.predict as predict_module
 import posebh.pipeline as pipeline_module
 from posebh.datasets import DatasetSpec, Instance, default_spec, read_dataset
 from posebh.evaluate import compute_metrics, default_protocol, evaluate, predict
@@ -243,7 +244,7 @@ def test_per_box_path_does_not_group(coco_det, stub_model, monkeypatch: pytest.M
     def refuse(*args, **kwargs):
         raise AssertionError("group_by_image=False must not build image runs")
 
-    monkeypatch.setattr(evaluate_module, "ImageRunDataset", refuse)
+    monkeypatch.setattr(predict_module, "ImageRunDataset", refuse)
     out = predict(
         stub_model, instances[:3], default_protocol("coco"), num_workers=0,
         group_by_image=False, progress=False,

@@ -35,6 +35,7 @@ examples:
   posebh reproduce table1
   posebh reproduce table3 --data-root data --weights weights --models posebh_b
   posebh reproduce table1 --data-root data --train --gpus 8 --dry-run
+  posebh reproduce table1 --data-root data --weights weights --gpus 8 --device cuda
   posebh reproduce ablations            # components, M, compat (see its --help)
   posebh reproduce scale-root --out data_scale --weights weights_random   # COCO-size root
   posebh reproduce table1 --data-root data_scale --weights weights_random --max-instances 64
@@ -107,8 +108,20 @@ def _add_table_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data-root", type=Path, default=None, help="official data/ tree (real mode)")
     p.add_argument("--weights", type=Path, default=None, help="folder of release checkpoints")
     p.add_argument("--train", action="store_true", help="train with the official recipes first")
-    p.add_argument("--gpus", type=int, default=8, help="--train: processes per node (torchrun)")
-    p.add_argument("--dry-run", action="store_true", help="--train: print the commands only")
+    p.add_argument(
+        "--gpus",
+        type=int,
+        default=None,
+        help="--train: processes per node (torchrun, default 8); real mode (and after "
+        "--train) on CUDA: evaluate each (model, dataset) with torchrun --nproc_per_node N "
+        "(default 1: in-process)",
+    )
+    p.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="print the commands only (--train: the recipes; real mode with --gpus N > 1: "
+        "the torchrun evaluations)",
+    )
     p.add_argument("--models", default=None, help="comma-separated model ids (default: all)")
     p.add_argument("--out", type=Path, default=None, help="run folder (default results/...)")
     p.add_argument("--cache-dir", type=Path, default=None, help="synthetic world + tiny runs")

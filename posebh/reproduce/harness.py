@@ -116,6 +116,9 @@ class RunContext:
     floor: bool = True
     # Evaluate (and floor) only the first N instances of every row (--max-instances).
     max_instances: int | None = None
+    # > 1: each (model, row) runs as `torchrun --nproc_per_node gpus -m posebh.cli eval` on
+    # CUDA (posebh.reproduce.launch); 1: in this process.
+    gpus: int = 1
 
 
 #: What the floor column is, for reports.
@@ -239,25 +242,27 @@ def evaluate_table(
             say(f"[{table.name}] {column.label} on {row.label} ({row.boxes})")
             eval_dir = out / "eval" / column.id / f"{row.dataset}_{row.split}"
             try:
-                if checkpoints[column.id]["multi_dataset"]:
-                    model = load_model(state, dataset=get_protocol(row.dataset).eval_expert)
+                if context.gpus > 1:
+                    result = _torchrun_cell(row, path, eval_dir, context)
                 else:
-                    model = load_model(state)
-                spec = row_spec(row, context)
-                result = evaluate(
-                    model,
-                    spec,
-                    protocol=default_protocol(row.dataset),
-                    batch_size=context.batch_size,
-                    device=context.device,
-                    submission_only=row.submission_only,
-                    out_dir=eval_dir,
-                    checkpoint=str(path),
-                    progress=context.progress,
-                    decode_backend=context.decode_backend,
-                    max_instances=context.max_instances,
-                    log=None,
-                )
+                    if checkpoints[column.id]["multi_dataset"]:
+                        model = load_model(state, dataset=get_protocol(row.dataset).eval_expert)
+                    else:
+                        model = load_model(state)
+                    result = evaluate(
+                        model,
+                        row_spec(row, context),
+                        protocol=default_protocol(row.dataset),
+                        batch_size=context.batch_size,
+                        device=context.device,
+                        submission_only=row.submission_only,
+                        out_dir=eval_dir,
+                        checkpoint=str(path),
+                        progress=context.progress,
+                        decode_backend=context.decode_backend,
+                        max_instances=context.max_instances,
+                        log=None,
+                    )
             except (CheckpointError, FileNotFoundError, ValueError) as err:
                 cells += [
                     Cell(
@@ -311,6 +316,19 @@ def evaluate_table(
         seconds=time.perf_counter() - start,
         floors=floors,
     )
+
+
+def _torchrun_cell(row: TableRow, path: Path, eval_dir: Path, context: RunContext) -> Any:
+    """One cell evaluated by ``context.gpus`` torchrun ranks (:mod:`posebh.reproduce.launch`)."""
+    from posebh.reproduce.launch import eval_command, evaluate_with_torchrun
+
+    cmd = eval_command(
+        row, path, context.data_root, eval_dir, ranks=context.gpus,
+        device=context.device or "cuda", batch_size=context.batch_size,
+        decode_backend=context.decode_backend, max_instances=context.max_instances,
+        progress=context.progress,
+    )  # fmt: skip
+    return evaluate_with_torchrun(cmd)
 
 
 def row_floors(

@@ -6,6 +6,10 @@ onto :class:`TableOptions` and calls :func:`run_table`):
 * real (``data_root`` and ``weights``): the release checkpoints on the official data tree,
   each cell against its published value and tolerance;
 * train (``data_root`` and ``train``): the official recipes under torchrun, then as real.
+
+``gpus`` (``--gpus N``) in real and train mode with CUDA evaluation: each (model, row) is
+evaluated by ``torchrun --nproc_per_node N -m posebh.cli eval`` (:mod:`posebh.reproduce.launch`;
+``dry_run`` prints those commands); N = 1, or evaluation on the CPU, evaluates in-process.
 """
 
 from __future__ import annotations
@@ -22,6 +26,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from posebh.reproduce.harness import (
     RunContext,
     TableRun,
@@ -31,6 +37,7 @@ from posebh.reproduce.harness import (
     wide_table,
     write_run,
 )
+from posebh.reproduce.launch import eval_plan
 from posebh.reproduce.releases import train_plan
 from posebh.reproduce.tables import Table, load_table
 
@@ -44,8 +51,10 @@ class TableOptions:
     data_root: Path | None = None  # official data/ tree (real and train modes)
     weights: Path | None = None  # folder of release checkpoints (real mode)
     train: bool = False  # train with the official recipes first (needs data_root)
-    gpus: int = 8  # train: processes per node (torchrun)
-    dry_run: bool = False  # train: print the commands only
+    # train: processes per node (torchrun; None: 8); real/train evaluation on CUDA: torchrun
+    # ranks per (model, row) (None: 1 in real mode, in-process)
+    gpus: int | None = None
+    dry_run: bool = False  # train, or real mode with gpus > 1: print the commands only
     models: tuple[str, ...] | None = None  # model ids (columns); None: all
     out: Path | None = None  # run folder; None: results/<table>/<mode>-<UTC time>
     cache_dir: Path | None = None  # synthetic world + tiny runs
@@ -112,12 +121,12 @@ def run_table(
             raise ValueError("--train needs --data-root (the official data/ tree)")
         out = o.out or Path("results") / table.name / run_id("train")
         files = [m.checkpoint for m in table.models if not models or m.id in models]
-        plan = train_plan(files, o.data_root, out / "work", o.gpus, log=log)
+        plan = train_plan(files, o.data_root, out / "work", _train_gpus(o), log=log)
         for cmd in plan:
             log("$ " + shlex.join(cmd))
         if o.dry_run:
             return TableOutcome(None, out, {}, plan, round(time.perf_counter() - start, 1))
-        context = _trained(plan, out, o.data_root, o.gpus)
+        context = _trained(plan, out, o.data_root, _train_gpus(o))
         extra["training"] = [shlex.join(c) for c in plan]
     elif o.data_root is not None or o.weights is not None:
         if o.data_root is None or o.weights is None:
@@ -138,7 +147,19 @@ def run_table(
         progress=o.progress,
         floor=o.floor,
         max_instances=o.max_instances,
+        gpus=_eval_ranks(o),
     )
+    if o.gpus is not None and o.gpus > 1 and context.gpus == 1 and context.mode == "real":
+        log(f"--gpus {o.gpus}: evaluating on the CPU in this process (ranks need CUDA)")
+    if context.gpus > 1 and o.dry_run:
+        plan = eval_plan(
+            table, context.data_root, context.weights, out, models=models,
+            ranks=context.gpus, device=o.device or "cuda", batch_size=o.batch_size,
+            decode_backend=o.decode_backend, max_instances=o.max_instances, progress=o.progress,
+        )  # fmt: skip
+        for cmd in plan:
+            log("$ " + shlex.join(cmd))
+        return TableOutcome(None, out, {}, plan, round(time.perf_counter() - start, 1))
     run = evaluate_table(table, context, out, models=models)
     extra["wall_time_s"] = round(time.perf_counter() - start, 1)
     written = write_run(run, out, extra=extra, plots=o.plots)
@@ -150,6 +171,20 @@ def run_table(
         log(line)
     log(f"\nwrote {written['markdown']} and {written['json']} (wall time {extra['wall_time_s']} s)")
     return TableOutcome(run, out, written, plan, extra["wall_time_s"])
+
+
+def _train_gpus(o: TableOptions) -> int:
+    return 8 if o.gpus is None else o.gpus
+
+
+def _eval_ranks(o: TableOptions) -> int:
+    """torchrun ranks per evaluated cell: ``gpus`` in real and train mode when evaluating on
+    CUDA (an explicit ``--device cuda``, or none given and CUDA present), else 1."""
+    if o.data_root is None or (o.weights is None and not o.train):
+        return 1
+    ranks = o.gpus if o.gpus is not None else (8 if o.train else 1)
+    device = o.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    return ranks if ranks > 1 and torch.device(device).type == "cuda" else 1
 
 
 def _trained(plan: Sequence[list[str]], out: Path, data_root: Path, gpus: int) -> RunContext:
