@@ -304,3 +304,19 @@ def test_cli_eval_precision_and_max_instances(fixtures_dir: Path, tmp_path: Path
     assert meta["precision"] == "bf16" and meta["instances"] == 4 and meta["world_size"] == 1
     with pytest.raises(SystemExit):
         main([*argv[:-1], str(tmp_path / "x"), "--precision", "fp8"])
+
+
+def test_fp32_on_cuda_means_ieee_fp32_without_tf32() -> None:
+    """cuDNN convolutions default to TF32 (~1e-3 error): the fp32 context turns TF32 off for
+    the forward pass and restores the user's setting after, every time it is entered."""
+    before = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = True
+    try:
+        context = inference_autocast("cuda", "fp32")
+        for _ in range(2):  # predict enters it once per batch
+            with context:
+                assert not torch.backends.cudnn.allow_tf32
+                assert not torch.backends.cuda.matmul.allow_tf32
+            assert torch.backends.cudnn.allow_tf32 and torch.backends.cuda.matmul.allow_tf32
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = before

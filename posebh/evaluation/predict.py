@@ -196,10 +196,24 @@ PRECISIONS: dict[str, torch.dtype | None] = {
 }
 
 
+class _IeeeFp32:
+    """fp32 convolutions and matmuls without TF32 on CUDA (cuDNN's convolutions use TF32 by
+    default, ~1e-3 relative error): ``--precision fp32`` means IEEE fp32, the CPU's values up
+    to summation order. Re-enterable, like the autocast context it stands in for."""
+
+    def __enter__(self) -> None:
+        self._saved = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+        torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+
+    def __exit__(self, *exc: object) -> None:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = self._saved
+
+
 def inference_autocast(
     device: str | torch.device, precision: str = "fp32"
 ) -> contextlib.AbstractContextManager[Any]:
-    """The context the model's forward pass runs in: nothing for ``"fp32"``, else
+    """The context the model's forward pass runs in: for ``"fp32"`` nothing on the CPU and
+    TF32 off on CUDA (:class:`_IeeeFp32`), else
     ``torch.autocast(device type, bf16 | fp16)``.  Raises ValueError (naming the flag) for an
     unknown precision or one this torch cannot autocast on that device (torch falls back to
     fp32 with a warning there; an evaluation that says "bf16" must not silently run fp32)."""
@@ -209,9 +223,9 @@ def inference_autocast(
             "(posebh eval --precision fp32|bf16|fp16)"
         )
     dtype = PRECISIONS[precision]
-    if dtype is None:
-        return contextlib.nullcontext()
     kind = torch.device(device).type
+    if dtype is None:
+        return _IeeeFp32() if kind == "cuda" else contextlib.nullcontext()
     if not torch.amp.is_autocast_available(kind):
         raise ValueError(f"--precision {precision}: torch has no autocast for {kind} tensors")
     context = torch.autocast(kind, dtype=dtype)
