@@ -367,6 +367,28 @@ class KeypointPrototypes(nn.Module):
         """Alias of :meth:`heatmaps`."""
         return self.heatmaps(embeddings, dataset)
 
+    #: Backend of the |cos| logits of :meth:`learn`: "auto" (the fused
+    #: :func:`posebh.ops.prototype_logits`: the C++ kernels on CPU, Triton/CUDA on GPUs, with
+    #: gradients to the embeddings) or "torch" to force the reference
+    #: :func:`~posebh.ops.similarity_reference.prototype_pair_similarity` (for debugging and
+    #: as the tests' reference); any other backend name of the op forces that backend.
+    #: Settable per instance.
+    logits_backend: str = "auto"
+
+    def _learn_similarity(self, embeddings: Tensor, classes: slice) -> Tensor:
+        """|cos| [N, K, M] of the embeddings to the prototypes of ``classes`` (differentiable
+        w.r.t. the embeddings), on :attr:`logits_backend`.
+
+        Both paths compute in the prototypes' dtype (bf16 embeddings from autocast are
+        converted, as the reference converts them); on CPU in float32 with F a multiple of 8
+        the fused kernel gives the reference's values bit for bit.
+        """
+        if self.logits_backend == "torch":
+            return self.similarity(embeddings)[:, classes]
+        x = embeddings.to(self.prototypes.dtype)
+        fused = ops.prototype_logits(x, self.prototypes, classes, backend=self.logits_backend)
+        return fused.logits.reshape(*fused.best.shape, self.num_prototypes)  # [N, K, M]
+
     # ---------------------------------------------------------------- training
 
     def learn(
@@ -385,8 +407,9 @@ class KeypointPrototypes(nn.Module):
 
         Steps (see the module docstring for what ``compat="official"`` changes):
 
-        1. ``s = |cos|`` of the N embeddings to all prototypes; the logits are dataset d's
-           block, flattened to [N, M·K_d].
+        1. ``s = |cos|`` of the N embeddings to the prototypes of d's classes (all classes
+           in official mode) on :attr:`logits_backend` (the fused op, or the reference); the
+           logits are dataset d's block, flattened to [N, M·K_d].
         2. Correctness mask: a pixel keeps its confidence only if the arg-max of its class
            scores over d's classes equals its label (soft clustering).
         3. For each class k present (ascending), Sinkhorn-Knopp on the pixels' similarities to
@@ -396,7 +419,10 @@ class KeypointPrototypes(nn.Module):
         4. Updated rows are re-normalised.
 
         The update runs under ``torch.no_grad()``; only ``logits`` (and ``class_scores``)
-        carry gradients to ``embeddings``. Nothing is written when ``update`` is False or the
+        carry gradients to ``embeddings``. Everything is computed in the prototypes' dtype
+        with autocast off (bf16/fp16 embeddings are converted; their gradient comes back in
+        their dtype), so the result under autocast equals the result on the converted
+        embeddings without it. Nothing is written when ``update`` is False or the
         module is frozen, but the assignment is still drawn (same RNG use).
 
         Args:
@@ -428,56 +454,69 @@ class KeypointPrototypes(nn.Module):
         if n and (int(labels.min()) < 0 or int(labels.max()) >= num_k):
             raise ValueError(f"labels must lie in [0, {num_k}) for dataset {dataset}")
 
-        sim = self.similarity(embeddings)  # [N, J, M], differentiable
-        class_scores_all = sim.amax(dim=2)  # [N, J]
-        class_scores = class_scores_all[:, cls].clamp(SCORE_MIN, SCORE_MAX)
-
-        if official:
-            # Deviation 1: column offset start_d instead of start_d·M.
-            logits = sim.reshape(n, -1)[:, start : start + num_k * m]
-            # Deviation 2: global arg-max against a local label; confidence zeroed in place.
-            predicted = class_scores_all.argmax(dim=1)
-            with torch.no_grad():
-                confidence[predicted != labels] = 0
-            weights = confidence
-        else:
-            logits = sim[:, cls].reshape(n, num_k * m)
-            predicted = class_scores_all[:, cls].argmax(dim=1)
-            weights = torch.where(predicted == labels, confidence, torch.zeros_like(confidence))
-
-        momentum = self.gamma if update_weight >= 1.0 else 1.0 - (1.0 - self.gamma) * update_weight
-        write = update and not self._frozen
-        target = torch.full((n,), -1, dtype=torch.long, device=embeddings.device)
-        with torch.no_grad():
-            sim_d = sim.detach()
-            emb = F.normalize(embeddings.detach().to(sim_d.dtype), p=2, dim=-1)
-            w_all = weights.detach().to(sim_d.dtype)
-            protos = self.prototypes.clone()
-            for k in range(num_k):
-                idx = (labels == k).nonzero().squeeze(1)
-                if idx.numel() == 0:
-                    continue
+        # The compute dtype is the prototypes' (as the reference similarity, which turns
+        # autocast off itself): under autocast the update's matmul would otherwise round
+        # the step to bf16/fp16.
+        with torch.autocast(device_type=embeddings.device.type, enabled=False):
+            if official:
+                # All J classes: the logits (deviation 1), the mask (deviation 2) and the Sinkhorn
+                # input (deviation 4) read classes outside d's block.
+                sim = self._learn_similarity(embeddings, slice(None))  # [N, J, M]
+                class_scores_all = sim.amax(dim=2)  # [N, J]
+                class_scores = class_scores_all[:, cls].clamp(SCORE_MIN, SCORE_MAX)
+                # Deviation 1: column offset start_d instead of start_d·M.
+                logits = sim.reshape(n, -1)[:, start : start + num_k * m]
+                # Deviation 2: global arg-max against a local label; confidence zeroed in place.
+                predicted = class_scores_all.argmax(dim=1)
+                with torch.no_grad():
+                    confidence[predicted != labels] = 0
+                weights = confidence
                 # Deviation 4: the release balances the similarities to global class k.
-                scores = sim_d[idx, k] if official else sim_d[idx, start + k]  # [n_k, M]
-                q, index = sinkhorn_assign(scores, compat=self.compat, generator=generator)
-                target[idx] = index + m * k
-                w = w_all[idx]
-                # The release only enters the update when the total mass is positive.
-                if official and not bool((q * w[:, None]).sum() > 0):
-                    continue
-                protos[start + k], _ = update_class_prototypes(
-                    protos[start + k],
-                    emb[idx],
-                    w,
-                    q,
-                    momentum,
-                    square_weights=official,
-                    renormalize=not official,
-                )
-            if write:
-                # The release re-normalises every row once after the update; the paper mode
-                # has already normalised the moved prototypes and leaves the others untouched.
-                self.prototypes.copy_(F.normalize(protos, p=2, dim=-1) if official else protos)
+                sinkhorn_input = sim[:, :num_k]
+            else:
+                sim = self._learn_similarity(embeddings, cls)  # [N, K_d, M], d's block
+                block_scores = sim.amax(dim=2)  # [N, K_d]
+                class_scores = block_scores.clamp(SCORE_MIN, SCORE_MAX)
+                logits = sim.reshape(n, num_k * m)
+                predicted = block_scores.argmax(dim=1)
+                weights = torch.where(predicted == labels, confidence, torch.zeros_like(confidence))
+                sinkhorn_input = sim
+
+            momentum = (
+                self.gamma if update_weight >= 1.0 else 1.0 - (1.0 - self.gamma) * update_weight
+            )
+            write = update and not self._frozen
+            target = torch.full((n,), -1, dtype=torch.long, device=embeddings.device)
+            with torch.no_grad():
+                sim_d = sinkhorn_input.detach()  # [N, K_d, M]: row k feeds class k's Sinkhorn
+                emb = F.normalize(embeddings.detach().to(sim_d.dtype), p=2, dim=-1)
+                w_all = weights.detach().to(sim_d.dtype)
+                protos = self.prototypes.clone()
+                for k in range(num_k):
+                    idx = (labels == k).nonzero().squeeze(1)
+                    if idx.numel() == 0:
+                        continue
+                    q, index = sinkhorn_assign(
+                        sim_d[idx, k], compat=self.compat, generator=generator
+                    )
+                    target[idx] = index + m * k
+                    w = w_all[idx]
+                    # The release only enters the update when the total mass is positive.
+                    if official and not bool((q * w[:, None]).sum() > 0):
+                        continue
+                    protos[start + k], _ = update_class_prototypes(
+                        protos[start + k],
+                        emb[idx],
+                        w,
+                        q,
+                        momentum,
+                        square_weights=official,
+                        renormalize=not official,
+                    )
+                if write:
+                    # The release re-normalises every row once after the update; the paper mode
+                    # has already normalised the moved prototypes and leaves the others untouched.
+                    self.prototypes.copy_(F.normalize(protos, p=2, dim=-1) if official else protos)
         if synchronize:
             self.synchronize()
         return PrototypeLearning(
@@ -501,3 +540,14 @@ class KeypointPrototypes(nn.Module):
         total = self.prototypes.detach().clone()
         dist.all_reduce(total, op=dist.ReduceOp.SUM)
         self.prototypes.copy_(F.normalize(total / world, p=2, dim=-1))
+
+
+def use_similarity_backend(module: nn.Module, backend: str) -> None:
+    """Route every prototype bank in ``module`` (keypoint and cluster prototypes) through
+    ``backend``: sets :attr:`KeypointPrototypes.logits_backend` and
+    :attr:`KeypointPrototypes.heatmap_backend` ("auto" for the fused kernels, "torch" for the
+    reference)."""
+    for sub in module.modules():
+        if isinstance(sub, KeypointPrototypes):
+            sub.logits_backend = backend
+            sub.heatmap_backend = backend

@@ -27,6 +27,7 @@ from posebh.protocol import TRAINING_DATASETS
 __all__ = [
     "ACTIONS",
     "PRESETS",
+    "PROTOTYPE_BACKENDS",
     "TARGETS",
     "DataConfig",
     "Event",
@@ -44,6 +45,10 @@ TARGETS = ("backbone", "heads", "proto_head", "prototypes")
 
 #: The six multi-dataset training sets, in head / expert / prototype-block order.
 MULTI_DATASETS: tuple[str, ...] = tuple(p.name for p in TRAINING_DATASETS)
+
+
+#: Values of ``TrainConfig.prototype_backend`` ("auto" or a posebh.ops backend name).
+PROTOTYPE_BACKENDS = ("auto", "torch", "cpp", "triton", "cuda")
 
 
 class TrainConfigError(ValueError):
@@ -170,7 +175,16 @@ class TrainConfig:
     unit: str = "epoch"  # "epoch" | "step"
     length: int = 100  # epochs or steps
     batch_size: int = 128  # per rank (official samples_per_gpu)
-    precision: str = "fp16"  # "fp32" | "fp16" | "bf16" — autocast on CUDA only
+    # "fp32" | "fp16" | "bf16": the model's forward under autocast in that dtype (the losses
+    # and the prototypes stay float32).  fp16 (the release's) is CUDA only, with a GradScaler
+    # (init_loss_scale); a CPU run refuses it (use bf16 or fp32).  bf16 autocasts on CUDA and
+    # on CPU (torch.autocast("cpu")), without loss scaling.
+    precision: str = "fp16"
+    # Backend of the prototype similarities (the logits of KeypointPrototypes.learn and the
+    # prototype heatmaps) of every prototype bank: "auto" (the fused posebh.ops kernels: C++
+    # on CPU, Triton/CUDA on GPUs) or "torch" (the reference, e.g. to compare the fused path
+    # with it: --set prototype_backend=torch); "cpp", "triton", "cuda" force one backend.
+    prototype_backend: str = "auto"
     # Official: every heatmap head runs on every image (its loss zeroes the other datasets'
     # images).  True: each head runs on its own dataset's images only, while CSS is off (CSS
     # reads every head on every image).  The loss values are the same except through the
@@ -195,6 +209,11 @@ class TrainConfig:
             raise TrainConfigError(f"unit must be 'epoch' or 'step', got {self.unit!r}")
         if self.precision not in ("fp32", "fp16", "bf16"):
             raise TrainConfigError(f"precision must be fp32, fp16 or bf16, got {self.precision!r}")
+        if self.prototype_backend not in PROTOTYPE_BACKENDS:
+            raise TrainConfigError(
+                f"prototype_backend must be one of {PROTOTYPE_BACKENDS}, got "
+                f"{self.prototype_backend!r}; e.g. --set prototype_backend=torch"
+            )
         if self.length < 1:
             raise TrainConfigError(f"length must be ≥ 1 {self.unit}, got {self.length}")
         if self.batch_size < 1:

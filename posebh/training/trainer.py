@@ -23,7 +23,6 @@ import os
 import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
-from contextlib import nullcontext
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -41,11 +40,13 @@ from posebh.checkpoint import MODEL_RECORD_KEY, read_checkpoint, save_atomically
 from posebh.cps import ClusterPrototypes, choose_num_clusters
 from posebh.models import build_model
 from posebh.pipeline import multi_dataset_collate
+from posebh.prototypes import use_similarity_backend
 from posebh.training.config import TrainConfig, TrainConfigError
 from posebh.training.data import MixedDataset, StepBatches, StepSampler, seed_worker
 from posebh.training.evaluation import evaluate_val_splits, headline_metric
 from posebh.training.objective import Objective
 from posebh.training.optim import build_optimizer, describe_groups, lr_factor, set_lr
+from posebh.training.precision import autocast_dtype, grad_scaler
 from posebh.training.schedule import StageState, apply_state, events_at, plan_table, stage_at
 from posebh.training.sources import build_datasets, map_heads
 from posebh.training.state import (
@@ -124,6 +125,8 @@ class Trainer:
         self._log_fn = options.log or (lambda msg: print(msg, flush=True))
         self._bar: tqdm | None = None
         self.device = self._init_device(options.device, local_rank)
+        self.amp_dtype = autocast_dtype(config.precision, self.device)  # refuses fp16 on CPU
+        self.use_amp = self.amp_dtype is not None
         self.work_dir = Path(options.work_dir)
         self.data_root = Path(options.data_root)
         self._owns_group = False
@@ -158,14 +161,7 @@ class Trainer:
         # lr milestones count epochs for epoch-unit recipes, steps otherwise.
         self.lr_unit = self.steps_per_epoch if config.unit == "epoch" else 1
         self.optimizer = build_optimizer(self.model, config.optim, self.depth)
-        cuda = self.device.type == "cuda"
-        self.amp_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(config.precision)
-        self.use_amp = cuda and self.amp_dtype is not None
-        self.scaler = torch.amp.GradScaler(
-            "cuda",
-            init_scale=config.init_loss_scale,
-            enabled=self.use_amp and self.amp_dtype == torch.float16,
-        )
+        self.scaler = grad_scaler(self.amp_dtype, config.init_loss_scale)
         self.objective = Objective(self.model, config.loss)
         self.objective.on_css_skipped = self._warn_css_skipped
         self.step = 0
@@ -259,6 +255,7 @@ class Trainer:
         if state.cps and self.model.cluster_prototypes is None:
             self._cps_init()
         apply_state(self.model, state)
+        use_similarity_backend(self.model, self.config.prototype_backend)  # a new bank too
         changed = state != self.state or self.ddp is self.model
         self.state = state
         if changed:
@@ -376,29 +373,7 @@ class Trainer:
 
     def train_step(self, batch: Mapping[str, Any]) -> dict[str, Tensor]:
         """Forward, losses, backward, clip, optimizer step (the lr is set by the caller)."""
-        dev = self.device
-        images = batch["img"].to(dev, non_blocking=True)
-        dataset_idx = batch["dataset_idx"].to(dev)
-        batch = {
-            "dataset_idx": dataset_idx,
-            "target": batch["target"].to(dev, non_blocking=True),
-            "target_weight": batch["target_weight"].to(dev, non_blocking=True),
-        }
-        self.model.train()
-        amp = (
-            torch.autocast(device_type="cuda", dtype=self.amp_dtype)
-            if self.use_amp
-            else nullcontext()
-        )
-        head_rows = None
-        if self.config.heads_on_own_images and not self._css_active():
-            head_rows = [
-                torch.nonzero(dataset_idx == h).squeeze(1) for h in range(len(self.model.heads))
-            ]
-        with amp:
-            out = self.ddp(images, dataset_idx, head_rows=head_rows)
-        with torch.autocast(device_type=dev.type, enabled=False):
-            total, logs = self.compute_losses(out, batch, head_rows=head_rows)
+        total, logs = self.forward_losses(batch)
         if total.requires_grad:
             self.scaler.scale(total).backward()
             clip = self.config.optim.grad_clip
@@ -412,6 +387,29 @@ class Trainer:
             self.scaler.update()
         self.optimizer.zero_grad(set_to_none=True)
         return logs
+
+    def forward_losses(self, batch: Mapping[str, Any]) -> tuple[Tensor, dict[str, Tensor]]:
+        """The model's forward (under the run's autocast) and this stage's losses (float32)
+        on ``batch``: (total, detached terms). Moves the prototypes; no backward."""
+        dev = self.device
+        images = batch["img"].to(dev, non_blocking=True)
+        dataset_idx = batch["dataset_idx"].to(dev)
+        batch = {
+            "dataset_idx": dataset_idx,
+            "target": batch["target"].to(dev, non_blocking=True),
+            "target_weight": batch["target_weight"].to(dev, non_blocking=True),
+        }
+        self.model.train()
+        amp = torch.autocast(device_type=dev.type, dtype=self.amp_dtype, enabled=self.use_amp)
+        head_rows = None
+        if self.config.heads_on_own_images and not self._css_active():
+            head_rows = [
+                torch.nonzero(dataset_idx == h).squeeze(1) for h in range(len(self.model.heads))
+            ]
+        with amp:
+            out = self.ddp(images, dataset_idx, head_rows=head_rows)
+        with torch.autocast(device_type=dev.type, enabled=False):
+            return self.compute_losses(out, batch, head_rows=head_rows)
 
     # ---------------------------------------------------------------- evaluation
 
