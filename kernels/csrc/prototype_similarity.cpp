@@ -452,9 +452,9 @@ struct LogitsForward {
   }
 };
 
-// The backward of both ops: recompute the raw similarities s[m][r][v] of a block, turn them
-// into w = ∂L/∂s (Weights), accumulate G[f][p] = Σ w · p̂[f] and apply the normalisation's
-// derivative.
+// The heatmaps' backward (the logits' is two BLAS products, logits_backward_cpu): recompute
+// the raw similarities s[m][r][v] of a block, turn them into w = ∂L/∂s (Weights), accumulate
+// G[f][p] = Σ w · p̂[f] and apply the normalisation's derivative.
 template <class Weights>
 struct Backward {
   template <typename T, class Isa>
@@ -520,24 +520,6 @@ struct HeatmapWeights {
         for (int64_t m = 0; m < M; ++m) {
           const T x = s[m * R * V + i];
           w[m * R * V + i] = (scale != T(0) && std::abs(x) == best) ? scale * sgn(x) : T(0);
-        }
-      }
-    }
-  }
-};
-
-// Logits: out[n][k·M + m] = |s_m|, so w = grad[n][k·M + m] · sign(s_m).
-struct LogitWeights {
-  template <typename T, int64_t R, int64_t V>
-  static void compute(const Job<T>& job, int64_t /*b*/, int64_t pix0, int64_t nv, int64_t c0,
-                      const T* s, T* w) {
-    const int64_t M = job.m, K = job.k;
-    for (int64_t m = 0; m < M; ++m) {
-      for (int64_t r = 0; r < R; ++r) {
-        const int64_t k = c0 + r;
-        for (int64_t v = 0; v < V; ++v) {
-          const int64_t i = (m * R + r) * V + v;
-          w[i] = (k < K && v < nv) ? job.grad[(pix0 + v) * K * M + k * M + m] * sgn(s[i]) : T(0);
         }
       }
     }
@@ -755,21 +737,22 @@ at::Tensor logits_backward_cpu(const at::Tensor& grad, const at::Tensor& embeddi
                 K = stop - start;
   TORCH_CHECK(grad.sizes() == at::IntArrayRef({N, K * M}),
               "prototype_logits_backward: grad must be [N, K*M], got ", grad.sizes());
-  // The kernel writes the gradient of "one image of N pixels", i.e. [F][N]; transposed back.
-  at::Tensor out_t = at::zeros({F, N}, embeddings.options());
-  const at::Tensor protos = prepare_prototypes(prototypes, start, stop);
-  const at::Tensor g = grad.to(prototypes.scalar_type()).contiguous();
-  AT_DISPATCH_FLOATING_TYPES(prototypes.scalar_type(), "prototype_logits_backward", [&] {
-    Job<scalar_t> job;
-    job.lastdim_norm = embeddings.size(1) == 1 || embeddings.stride(1) == 1;
-    job.x = pixel_view_2d<scalar_t>(embeddings);
-    set_protos(job, protos, K);
-    job.out = out_t.mutable_data_ptr<scalar_t>();
-    job.grad = g.const_data_ptr<scalar_t>();
-    job.tiles_per_image = ceil_div(N, kTile);
-    if (K > 0) parallel_tiles<Backward<LogitWeights>>(job, job.tiles_per_image);
-  });
-  return out_t.t().contiguous();
+  if (N == 0 || K == 0) return at::zeros({N, F}, embeddings.options());
+  // Training's N×(K·M)×F products belong in BLAS (the tiled kernel's per-pixel accumulation
+  // ran at a third of the reference's speed): s = u p̂ᵀ recomputed, w = grad · sgn(s),
+  // G = w p̂, then the derivative of F.normalize as in write_input_grad.
+  const at::Tensor x = embeddings.to(prototypes.scalar_type());
+  const at::Tensor norm = x.norm(2, {1}, /*keepdim=*/true);
+  const at::Tensor denom = norm.clamp_min(kNormEps);  // NaN stays NaN
+  const at::Tensor u = x / denom;
+  const at::Tensor p = prototypes.slice(0, start, stop);
+  const at::Tensor pn = (p / p.norm(2, {-1}, /*keepdim=*/true).clamp_min(kNormEps)).reshape({K * M, F});
+  const at::Tensor s = at::mm(u, pn.t());
+  // sgn as the tiled kernel's: ±1, 0 at 0, NaN stays NaN.
+  const at::Tensor sg = at::where(at::isnan(s), s, at::sign(s));
+  const at::Tensor G = at::mm(grad.to(prototypes.scalar_type()) * sg, pn);
+  const at::Tensor a = at::where(norm >= kNormEps, (G * u).sum(1, /*keepdim=*/true), 0.0);
+  return ((G - a * u) / denom).to(embeddings.scalar_type()).contiguous();
 }
 
 }  // namespace
