@@ -48,6 +48,7 @@ __all__ = [
     "LAUNCH_DTYPES",
     "PrototypeHeatmapsFunction",
     "PrototypeLogitsFunction",
+    "autotune_configs",
     "block_f",
     "launch_specialisations",
     "prototype_heatmaps",
@@ -455,6 +456,13 @@ _UNIT_STRIDES: dict[str, tuple[str, ...]] = {
 }
 
 
+def autotune_configs(kernel: str) -> list[triton.Config]:
+    """The autotune configs of ``kernel`` (a ``_*_kernel`` name of this module) on a GPU."""
+    if kernel not in _POINTERS:
+        raise ValueError(f"unknown kernel {kernel!r}; expected one of {sorted(_POINTERS)}")
+    return list(_CONFIGS)
+
+
 def launch_specialisations(feature_dims: tuple[int, ...] | list[int]) -> list[dict]:
     """Every compile-time specialisation the launchers and autotuning pick for contiguous
     tensors with the given feature dims: kernel × autotune config (:data:`_CONFIGS`) ×
@@ -469,7 +477,7 @@ def launch_specialisations(feature_dims: tuple[int, ...] | list[int]) -> list[di
     for name, pointers in _POINTERS.items():
         fn = globals()[name]  # the kernel itself, not its autotuned wrapper
         unit = _UNIT_STRIDES[name]
-        for cfg in _CONFIGS:
+        for cfg in autotune_configs(name):
             for emb, proto in LAUNCH_DTYPES:
                 compute = "fp64" if proto == "fp64" else "fp32"
                 role = {"input": emb, "compute": compute, "output": proto}

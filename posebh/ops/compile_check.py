@@ -170,16 +170,26 @@ def _ptxas_stats(log: str) -> tuple[int | None, int | None]:
     return registers, spill
 
 
-def _ptxas_path() -> str | None:
+def _ptxas_path(arch: int) -> str | None:
+    """The ptxas Triton itself uses for ``arch`` (Triton 3.9 picks a newer one for sm_90a),
+    else the bundled one, else ``ptxas`` on PATH."""
     import triton
 
-    bundled = Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "ptxas"
-    return str(bundled) if bundled.is_file() else shutil.which("ptxas")
+    try:
+        from triton.backends.nvidia.compiler import get_ptxas
+
+        try:
+            return str(get_ptxas(arch).path)
+        except TypeError:  # older Triton: get_ptxas() takes no arch
+            return str(get_ptxas().path)
+    except Exception:
+        bundled = Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "ptxas"
+        return str(bundled) if bundled.is_file() else shutil.which("ptxas")
 
 
 def _rerun_ptxas(ptx: str, job: CompileJob) -> tuple[int | None, int | None, str]:
     """``ptxas -v`` on the PTX when Triton's own log was not printed (older Triton)."""
-    ptxas = _ptxas_path()
+    ptxas = _ptxas_path(parse_target(job.target))
     arch = re.search(r"^\.target\s+(sm_\w+)", ptx, flags=re.M)
     if ptxas is None or arch is None:
         return None, None, "no ptxas found (Triton's bundled one or on PATH)"
@@ -424,6 +434,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("--kernel", help="only Triton kernels whose name contains this text")
     parser.add_argument(
+        "--where",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="only Triton configurations whose config has KEY=VALUE (repeatable), e.g. BLOCK=4096",
+    )
+    parser.add_argument(
         "--maxnreg",
         type=int,
         help="cap the registers per thread (Triton's maxnreg): which configurations would spill",
@@ -440,6 +457,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     jobs = triton_jobs(targets)
     if args.kernel:
         jobs = [j for j in jobs if args.kernel in j.kernel]
+    for condition in args.where:
+        key, sep, value = condition.partition("=")
+        if not sep:
+            parser.error(f"--where: expected KEY=VALUE, got {condition!r}")
+        jobs = [j for j in jobs if key in j.config and str(j.config[key]) == value]
     if args.maxnreg:
         for job in jobs:
             job.options = {**job.options, "maxnreg": args.maxnreg}
