@@ -9,7 +9,7 @@ autotuning can pick, as listed by the kernel modules themselves
 (``launch_specialisations()`` in ``posebh_kernels.prototype_similarity`` and
 ``posebh_kernels.decode_heatmaps``, so a new autotune config cannot be forgotten):
 
-- prototype similarity: 4 kernels × 5 autotune configs × 6 (embeddings, prototypes) dtypes ×
+- prototype similarity: 4 kernels × 4 autotune configs × 6 (embeddings, prototypes) dtypes ×
   ``BLOCK_F`` of :data:`FEATURE_DIMS` (the prototype dims of the model presets), contiguous
   tensors (unit strides folded, aligned pointers, as Triton specialises them at launch);
 - decode: MODE none/'default' × flip × every BLOCK (powers of two up to 4096); DARK-UDP ×
