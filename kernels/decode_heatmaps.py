@@ -44,7 +44,15 @@ from torch import Tensor
 
 from .limits import DECODE_GPU_POST_PROCESS, DECODE_TRITON_MAX_KERNEL
 
-__all__ = ["INTERPRET", "MAX_KERNEL", "SUPPORTED", "launch_decode", "mode_of"]
+__all__ = [
+    "INTERPRET",
+    "MAX_BLOCK",
+    "MAX_KERNEL",
+    "SUPPORTED",
+    "launch_decode",
+    "launch_specialisations",
+    "mode_of",
+]
 
 #: True when the kernel below was built by the Triton interpreter (CPU tensors only).
 INTERPRET: bool = os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
@@ -56,6 +64,9 @@ SUPPORTED = {(pp, False) for pp in DECODE_GPU_POST_PROCESS} | {
 }
 #: Largest Gaussian kernel (the blur is unrolled at compile time).
 MAX_KERNEL = DECODE_TRITON_MAX_KERNEL
+#: Largest arg-max block on a GPU (the launcher picks min(next_pow2(H·W), MAX_BLOCK)).
+MAX_BLOCK = 4096
+_NUM_WARPS = 4
 _BIG = tl.constexpr(2**30)  # "no index" in the arg-max reductions (maps are far smaller)
 
 
@@ -408,9 +419,9 @@ def launch_decode(
         fidx = torch.tensor([int(i) for i in flip_indices], dtype=torch.int64, device=device)
     else:
         fl, fidx = hm, torch.zeros(1, dtype=torch.int64, device=device)
-    block = min(triton.next_power_of_2(h * w), 1024 if INTERPRET else 4096)
+    block = min(triton.next_power_of_2(h * w), 1024 if INTERPRET else MAX_BLOCK)
     ks = int(kernel) if mode == _MODE_UDP else 1
-    extra = {} if INTERPRET else {"enable_fp_fusion": False, "num_warps": 4}
+    extra = {} if INTERPRET else {"enable_fp_fusion": False, "num_warps": _NUM_WARPS}
     _decode_kernel[(n * k,)](
         hm,
         fl,
@@ -432,3 +443,57 @@ def launch_decode(
         **extra,
     )
     return preds, maxvals
+
+
+# ------------------------------------------------------------------------------------------
+# Compile-time specialisations (read by posebh.ops.compile_check; no GPU needed)
+# ------------------------------------------------------------------------------------------
+
+#: Every arg-max block the launcher can pick on a GPU: the powers of two up to MAX_BLOCK.
+BLOCKS: tuple[int, ...] = tuple(2**i for i in range(MAX_BLOCK.bit_length()))
+
+
+def udp_kernel_sizes(defaults: tuple[int, ...] = (11,)) -> tuple[int, ...]:
+    """The DARK-UDP kernel sizes the compile check covers: every odd size would be 32
+    specialisations of up to a minute each, so each shape class of the unrolled blur at its
+    largest size (the symmetric row form ≤ 5 at 1, 3 and 5; then every register-block bucket
+    ``RB = next_pow2(KS)`` at its largest KS: 7, 15, 31, :data:`MAX_KERNEL`) plus ``defaults``
+    (the protocol's kernel sizes)."""
+    buckets = {ks for ks in range(1, MAX_KERNEL + 1, 2) if ks <= 5 or (ks + 1) & ks == 0}
+    return tuple(sorted(buckets | {MAX_KERNEL} | set(defaults)))
+
+
+def launch_specialisations(udp_defaults: tuple[int, ...] = (11,)) -> list[dict]:
+    """The launcher's compile-time specialisations (same entry format as
+    ``prototype_similarity.launch_specialisations``): for MODE none and 'default', every
+    HAS_FLIP × BLOCK; for DARK-UDP, every HAS_FLIP × kernel size of :func:`udp_kernel_sizes`
+    at the largest BLOCK, and every HAS_FLIP × BLOCK at each of ``udp_defaults``. (The arg-max
+    loop, which BLOCK shapes, ends before the blur, which KS shapes, starts.) ``SHIFT`` is
+    compiled as a runtime int (the general form; Triton folds it when it is 1)."""
+    pointers = {**dict.fromkeys(["HM", "FL", "TAPS", "BOX", "PREDS", "MAXV"], "*fp32")}
+    pointers["FIDX"] = "*i64"
+    constexpr = ("HAS_FLIP", "MODE", "KS", "RB", "BLOCK")
+    signature = {
+        arg: pointers.get(arg, "constexpr" if arg in constexpr else "i32")
+        for arg in _decode_kernel.arg_names
+    }
+    cases = [(mode, 1, block) for mode in (_MODE_NONE, _MODE_DEFAULT) for block in BLOCKS]
+    cases += [(_MODE_UDP, ks, MAX_BLOCK) for ks in udp_kernel_sizes(udp_defaults)]
+    cases += [(_MODE_UDP, ks, block) for ks in udp_defaults for block in BLOCKS]
+    names = {_MODE_NONE: "none", _MODE_DEFAULT: "default", _MODE_UDP: "udp"}
+    specs = []
+    for mode, ks, block in dict.fromkeys(cases):
+        for flip in (False, True):
+            rb = triton.next_power_of_2(ks)
+            constexprs = {"HAS_FLIP": flip, "MODE": mode, "KS": ks, "RB": rb, "BLOCK": block}
+            specs.append(
+                {
+                    "kernel": "_decode_kernel",
+                    "config": {"mode": names[mode], "flip": flip, "KS": ks, "BLOCK": block},
+                    "signature": dict(signature),
+                    "constexprs": constexprs,
+                    "aligned": tuple(pointers),
+                    "options": {"num_warps": _NUM_WARPS, "enable_fp_fusion": False},
+                }
+            )
+    return specs

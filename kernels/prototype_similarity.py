@@ -45,8 +45,12 @@ from torch import Tensor
 
 __all__ = [
     "INTERPRET",
+    "LAUNCH_DTYPES",
     "PrototypeHeatmapsFunction",
     "PrototypeLogitsFunction",
+    "autotune_configs",
+    "block_f",
+    "launch_specialisations",
     "prototype_heatmaps",
     "prototype_logits",
 ]
@@ -287,9 +291,11 @@ def _logits_bwd_kernel(
 
 # Autotuning (GPU only): block shapes over pixels × classes; the key is what changes the best
 # shape. The interpreter runs fixed small blocks (several class chunks even for small tests).
+# (128, 64, 8) was dropped: in float64 the logits backward needs 256 KB of shared memory (over
+# every GPU's limit) and it spills in every kernel (posebh.ops.compile_check).
 _CONFIGS = [
     triton.Config({"BLOCK_P": bp, "BLOCK_K": bk}, num_warps=nw)
-    for bp, bk, nw in ((64, 32, 4), (128, 32, 4), (64, 64, 4), (128, 64, 8), (128, 16, 4))
+    for bp, bk, nw in ((64, 32, 4), (128, 32, 4), (64, 64, 4), (128, 16, 4))
 ]
 _INTERPRET_BLOCKS = {"BLOCK_P": 32, "BLOCK_K": 16}
 
@@ -324,7 +330,8 @@ def _prepared_prototypes(prototypes: Tensor, start: int, stop: int) -> Tensor:
     return p.permute(1, 2, 0).contiguous()
 
 
-def _block_f(f: int) -> int:
+def block_f(f: int) -> int:
+    """The ``BLOCK_F`` the launchers pick for ``f`` features."""
     return max(16, triton.next_power_of_2(f))  # tl.dot needs every dimension ≥ 16
 
 
@@ -361,7 +368,7 @@ def heatmaps_forward(
     _, compute = _compute_dtype(prototypes)
     _HEATMAPS_FWD[_grid(h * w, b)](
         x, pt, out, h * w, f, k, pt.shape[0], s_b, s_f, s_p, out.stride(0), out.stride(1), 1,
-        COMPUTE=compute, BLOCK_F=_block_f(f), **_blocks(),
+        COMPUTE=compute, BLOCK_F=block_f(f), **_blocks(),
     )  # fmt: skip
     return out, pt
 
@@ -377,7 +384,7 @@ def heatmaps_backward(grad: Tensor, embeddings: Tensor, pt: Tensor) -> Tensor:
     _, compute = _compute_dtype(pt)
     _HEATMAPS_BWD[_grid(h * w, b)](
         x, pt, g, gx, h * w, f, pt.shape[2], pt.shape[0], s_b, s_f, s_p, g_b, g_k, g_p,
-        gx.stride(0), gx.stride(1), 1, COMPUTE=compute, BLOCK_F=_block_f(f), **_blocks(),
+        gx.stride(0), gx.stride(1), 1, COMPUTE=compute, BLOCK_F=block_f(f), **_blocks(),
     )  # fmt: skip
     return gx
 
@@ -396,7 +403,7 @@ def logits_forward(
     _, compute = _compute_dtype(prototypes)
     _LOGITS_FWD[_grid(n)](
         embeddings, pt, logits, best, n, f, k, m, embeddings.stride(0), embeddings.stride(1),
-        logits.stride(0), best.stride(0), COMPUTE=compute, BLOCK_F=_block_f(f), **_blocks(),
+        logits.stride(0), best.stride(0), COMPUTE=compute, BLOCK_F=block_f(f), **_blocks(),
     )  # fmt: skip
     return logits, best, pt
 
@@ -412,9 +419,98 @@ def logits_backward(grad: Tensor, embeddings: Tensor, pt: Tensor) -> Tensor:
     _LOGITS_BWD[_grid(n)](
         embeddings, pt, grad, gx, n, f, k, m, embeddings.stride(0), embeddings.stride(1),
         grad.stride(0), grad.stride(1), gx.stride(0), gx.stride(1), COMPUTE=compute,
-        BLOCK_F=_block_f(f), **_blocks(),
+        BLOCK_F=block_f(f), **_blocks(),
     )  # fmt: skip
     return gx
+
+
+# ------------------------------------------------------------------------------------------
+# Compile-time specialisations (read by posebh.ops.compile_check; no GPU needed)
+# ------------------------------------------------------------------------------------------
+
+#: (embeddings, prototypes) dtypes compiled by the compile check: an fp32 model, autocast (half
+#: embeddings, the fp32 prototype buffer), a half model, and float64 (gradcheck; the float64
+#: compute path). Other mixes compile the same arithmetic with other load conversions.
+LAUNCH_DTYPES: tuple[tuple[str, str], ...] = (
+    ("fp32", "fp32"),
+    ("fp16", "fp32"),
+    ("bf16", "fp32"),
+    ("fp16", "fp16"),
+    ("bf16", "bf16"),
+    ("fp64", "fp64"),
+)
+
+# Per kernel: pointer arguments → what their dtype follows ("input": the embeddings, "compute":
+# the prepared prototypes, "output": the prototypes' dtype, or a fixed Triton type), and the
+# strides that are 1 for contiguous tensors (Triton specialises an int argument equal to 1 as a
+# constant, so the contiguous launch compiles with them folded).
+_POINTERS: dict[str, dict[str, str]] = {
+    "_heatmaps_fwd_kernel": {"E": "input", "PT": "compute", "OUT": "output"},
+    "_heatmaps_bwd_kernel": {"E": "input", "PT": "compute", "GRAD": "output", "GX": "input"},
+    "_logits_fwd_kernel": {"E": "input", "PT": "compute", "LOGITS": "output", "BEST": "*i64"},
+    "_logits_bwd_kernel": {"E": "input", "PT": "compute", "GRAD": "output", "GX": "input"},
+}
+_UNIT_STRIDES: dict[str, tuple[str, ...]] = {
+    "_heatmaps_fwd_kernel": ("s_ep", "s_op"),
+    "_heatmaps_bwd_kernel": ("s_ep", "s_gp", "s_xp"),
+    "_logits_fwd_kernel": ("s_ef",),
+    "_logits_bwd_kernel": ("s_ef", "s_gc", "s_xf"),
+}
+
+
+def autotune_configs(kernel: str) -> list[triton.Config]:
+    """The autotune configs of ``kernel`` (a ``_*_kernel`` name of this module) on a GPU."""
+    if kernel not in _POINTERS:
+        raise ValueError(f"unknown kernel {kernel!r}; expected one of {sorted(_POINTERS)}")
+    return list(_CONFIGS)
+
+
+def launch_specialisations(feature_dims: tuple[int, ...] | list[int]) -> list[dict]:
+    """Every compile-time specialisation the launchers and autotuning pick for contiguous
+    tensors with the given feature dims: kernel × autotune config (:data:`_CONFIGS`) ×
+    (embeddings, prototypes) dtype (:data:`LAUNCH_DTYPES`) × ``BLOCK_F``.
+
+    Each entry: ``kernel`` (attribute name of the ``triton.jit`` function in this module),
+    ``config`` (JSON-able description), ``signature`` (argument → Triton type or
+    ``"constexpr"``), ``constexprs`` (argument → value), ``aligned`` (pointer arguments, 16-byte
+    aligned like every torch allocation) and ``options`` (``triton.compile`` options).
+    """
+    specs = []
+    for name, pointers in _POINTERS.items():
+        fn = globals()[name]  # the kernel itself, not its autotuned wrapper
+        unit = _UNIT_STRIDES[name]
+        for cfg in autotune_configs(name):
+            for emb, proto in LAUNCH_DTYPES:
+                compute = "fp64" if proto == "fp64" else "fp32"
+                role = {"input": emb, "compute": compute, "output": proto}
+                for bf in sorted({block_f(f) for f in feature_dims}):
+                    signature, constexprs = {}, {}
+                    for arg in fn.arg_names:
+                        if arg in pointers:
+                            kind = pointers[arg]
+                            signature[arg] = kind if kind.startswith("*") else "*" + role[kind]
+                        elif arg in unit:
+                            signature[arg], constexprs[arg] = "constexpr", 1
+                        elif arg in ("COMPUTE", "BLOCK_F", *cfg.kwargs):
+                            signature[arg] = "constexpr"
+                        else:
+                            signature[arg] = "i32"
+                    constexprs.update(cfg.kwargs, BLOCK_F=bf)
+                    constexprs["COMPUTE"] = tl.float64 if compute == "fp64" else tl.float32
+                    options = {"num_warps": cfg.num_warps, "num_stages": cfg.num_stages}
+                    config = {**cfg.kwargs, "BLOCK_F": bf, "num_warps": cfg.num_warps}
+                    config.update(embeddings=emb, prototypes=proto, compute=compute)
+                    specs.append(
+                        {
+                            "kernel": name,
+                            "config": config,
+                            "signature": signature,
+                            "constexprs": constexprs,
+                            "aligned": tuple(pointers),
+                            "options": options,
+                        }
+                    )
+    return specs
 
 
 # ------------------------------------------------------------------------------------------
