@@ -102,3 +102,21 @@ def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None) -> 
         if timer is not None:
             timer.cancel()
             faulthandler.cancel_dump_traceback_later()
+
+
+@pytest.fixture(scope="session")
+def compile_check_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[list, Path]:
+    """The whole GPU compile check (``posebh.ops.compile_check`` for sm_80 and sm_90), run once
+    per session: its records and the same records as a JSON file (the self-check reads it)."""
+    import dataclasses
+    import json
+
+    pytest.importorskip("triton")
+    from posebh.ops import compile_check
+
+    lines: list[str] = []
+    records = compile_check.run_compile_check(progress=lines.append)
+    sys.stderr.write("\n".join(lines[-3:]) + "\n" + compile_check.summary(records) + "\n")
+    path = tmp_path_factory.mktemp("compile_check") / "records.json"
+    path.write_text(json.dumps([dataclasses.asdict(r) for r in records]))
+    return records, path

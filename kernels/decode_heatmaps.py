@@ -48,6 +48,7 @@ __all__ = [
     "INTERPRET",
     "MAX_BLOCK",
     "MAX_KERNEL",
+    "MIN_BLOCK",
     "SUPPORTED",
     "launch_decode",
     "launch_specialisations",
@@ -64,9 +65,20 @@ SUPPORTED = {(pp, False) for pp in DECODE_GPU_POST_PROCESS} | {
 }
 #: Largest Gaussian kernel (the blur is unrolled at compile time).
 MAX_KERNEL = DECODE_TRITON_MAX_KERNEL
-#: Largest arg-max block on a GPU (the launcher picks min(next_pow2(H·W), MAX_BLOCK)).
+#: Arg-max blocks on a GPU: the launcher picks next_pow2(H·W) clamped to [MIN_BLOCK, MAX_BLOCK]
+#: (a block below one lane per thread of the 4 warps only masks lanes; the arg-max is the same
+#: for any block, so the clamp changes no value, and fewer specialisations compile).
+MIN_BLOCK = 128
 MAX_BLOCK = 4096
-_NUM_WARPS = 4
+
+
+def num_warps(block: int) -> int:
+    """Warps of a launch: 4 up to 256-wide arg-max blocks, 8 up to 1024, then 16. With fewer,
+    ptxas spilled 8–12 B in some modes (python -m posebh.ops.compile_check); the arg-max is the
+    same however the block is split."""
+    return 4 if block <= 256 else 8 if block <= 1024 else 16
+
+
 _BIG = tl.constexpr(2**30)  # "no index" in the arg-max reductions (maps are far smaller)
 
 
@@ -420,8 +432,9 @@ def launch_decode(
     else:
         fl, fidx = hm, torch.zeros(1, dtype=torch.int64, device=device)
     block = min(triton.next_power_of_2(h * w), 1024 if INTERPRET else MAX_BLOCK)
+    block = block if INTERPRET else max(block, MIN_BLOCK)
     ks = int(kernel) if mode == _MODE_UDP else 1
-    extra = {} if INTERPRET else {"enable_fp_fusion": False, "num_warps": _NUM_WARPS}
+    extra = {} if INTERPRET else {"enable_fp_fusion": False, "num_warps": num_warps(block)}
     _decode_kernel[(n * k,)](
         hm,
         fl,
@@ -449,8 +462,10 @@ def launch_decode(
 # Compile-time specialisations (read by posebh.ops.compile_check; no GPU needed)
 # ------------------------------------------------------------------------------------------
 
-#: Every arg-max block the launcher can pick on a GPU: the powers of two up to MAX_BLOCK.
-BLOCKS: tuple[int, ...] = tuple(2**i for i in range(MAX_BLOCK.bit_length()))
+#: Every arg-max block the launcher can pick on a GPU: the powers of two MIN_BLOCK … MAX_BLOCK.
+BLOCKS: tuple[int, ...] = tuple(
+    2**i for i in range(MIN_BLOCK.bit_length() - 1, MAX_BLOCK.bit_length())
+)
 
 
 def udp_kernel_sizes(defaults: tuple[int, ...] = (11,)) -> tuple[int, ...]:
@@ -493,7 +508,7 @@ def launch_specialisations(udp_defaults: tuple[int, ...] = (11,)) -> list[dict]:
                     "signature": dict(signature),
                     "constexprs": constexprs,
                     "aligned": tuple(pointers),
-                    "options": {"num_warps": _NUM_WARPS, "enable_fp_fusion": False},
+                    "options": {"num_warps": num_warps(block), "enable_fp_fusion": False},
                 }
             )
     return specs

@@ -289,21 +289,45 @@ def _logits_bwd_kernel(
     _finish_input_grad(G, u, norm, denom, GX, 0, offs_p, offs_f, N, F, 0, s_xf, s_xn, COMPUTE)
 
 
-# Autotuning (GPU only): block shapes over pixels × classes; the key is what changes the best
-# shape. The interpreter runs fixed small blocks (several class chunks even for small tests).
-# (128, 64, 8) was dropped: in float64 the logits backward needs 256 KB of shared memory (over
-# every GPU's limit) and it spills in every kernel (posebh.ops.compile_check).
-_CONFIGS = [
-    triton.Config({"BLOCK_P": bp, "BLOCK_K": bk}, num_warps=nw)
-    for bp, bk, nw in ((64, 32, 4), (128, 32, 4), (64, 64, 4), (128, 16, 4))
-]
+# Autotuning (GPU only): block shapes (BLOCK_P pixels, BLOCK_K classes, warps) per kernel and
+# compute dtype; the key is what changes the best shape. Each list holds the shapes that
+# compile for sm_80 and sm_90 at BLOCK_F 32 and 64 without spilling registers
+# (python -m posebh.ops.compile_check; tests/test_compile_check.py): the IEEE fp32 tl.dot keeps
+# its operands in registers, so wide tiles spill, and float64 needs narrower ones. One known
+# exception: the fp32 heatmaps backward spills 16–48 B on sm_80 (ptxas holds it to 128
+# registers) at every shape tried (16–256 pixels × 16–64 classes × 1–16 warps, with and
+# without a register cap); its shape below is clean on sm_90. The interpreter runs fixed
+# small blocks (several class chunks even for small tests).
+_SHAPES: dict[tuple[str, str], tuple[tuple[int, int, int], ...]] = {
+    ("_heatmaps_fwd_kernel", "fp32"): ((32, 16, 4), (64, 16, 4), (32, 32, 8), (64, 32, 8)),
+    ("_heatmaps_fwd_kernel", "fp64"): ((32, 16, 4), (64, 16, 4), (64, 16, 8), (64, 32, 8)),
+    ("_logits_fwd_kernel", "fp32"): ((32, 16, 4), (64, 16, 4), (64, 32, 8)),
+    ("_logits_fwd_kernel", "fp64"): ((32, 16, 4), (64, 16, 4), (64, 16, 8), (64, 32, 8)),
+    ("_heatmaps_bwd_kernel", "fp32"): ((16, 16, 4),),
+    ("_heatmaps_bwd_kernel", "fp64"): ((32, 16, 8), (64, 16, 8)),
+    ("_logits_bwd_kernel", "fp32"): ((16, 16, 4),),
+    ("_logits_bwd_kernel", "fp64"): ((64, 16, 8),),
+}
 _INTERPRET_BLOCKS = {"BLOCK_P": 32, "BLOCK_K": 16}
 
 
-def _tuned(kernel: triton.JITFunction) -> triton.JITFunction:
+def _configs(kernel: str, compute: str) -> list[triton.Config]:
+    return [
+        triton.Config({"BLOCK_P": bp, "BLOCK_K": bk}, num_warps=nw)
+        for bp, bk, nw in _SHAPES[(kernel, compute)]
+    ]
+
+
+def _tuned(kernel: triton.JITFunction) -> dict[str, triton.JITFunction]:
+    """The kernel autotuned over its shapes, per compute dtype ("fp32", "fp64")."""
     if INTERPRET:
-        return kernel
-    return triton.autotune(configs=_CONFIGS, key=["F", "K", "M", "BLOCK_F"])(kernel)
+        return {"fp32": kernel, "fp64": kernel}
+    return {
+        compute: triton.autotune(
+            configs=_configs(kernel.__name__, compute), key=["F", "K", "M", "BLOCK_F"]
+        )(kernel)
+        for compute in ("fp32", "fp64")
+    }
 
 
 _HEATMAPS_FWD = _tuned(_heatmaps_fwd_kernel)
@@ -321,6 +345,10 @@ def _compute_dtype(prototypes: Tensor) -> tuple[torch.dtype, tl.dtype]:
     if prototypes.dtype == torch.float64:
         return torch.float64, tl.float64
     return torch.float32, tl.float32
+
+
+def _name(compute: tl.dtype) -> str:
+    return "fp64" if compute == tl.float64 else "fp32"
 
 
 def _prepared_prototypes(prototypes: Tensor, start: int, stop: int) -> Tensor:
@@ -366,7 +394,7 @@ def heatmaps_forward(
         return out, pt
     x, s_b, s_f, s_p = _pixel_strides(embeddings)
     _, compute = _compute_dtype(prototypes)
-    _HEATMAPS_FWD[_grid(h * w, b)](
+    _HEATMAPS_FWD[_name(compute)][_grid(h * w, b)](
         x, pt, out, h * w, f, k, pt.shape[0], s_b, s_f, s_p, out.stride(0), out.stride(1), 1,
         COMPUTE=compute, BLOCK_F=block_f(f), **_blocks(),
     )  # fmt: skip
@@ -382,7 +410,7 @@ def heatmaps_backward(grad: Tensor, embeddings: Tensor, pt: Tensor) -> Tensor:
     x, s_b, s_f, s_p = _pixel_strides(embeddings)
     g, g_b, g_k, g_p = _pixel_strides(grad)
     _, compute = _compute_dtype(pt)
-    _HEATMAPS_BWD[_grid(h * w, b)](
+    _HEATMAPS_BWD[_name(compute)][_grid(h * w, b)](
         x, pt, g, gx, h * w, f, pt.shape[2], pt.shape[0], s_b, s_f, s_p, g_b, g_k, g_p,
         gx.stride(0), gx.stride(1), 1, COMPUTE=compute, BLOCK_F=block_f(f), **_blocks(),
     )  # fmt: skip
@@ -401,7 +429,7 @@ def logits_forward(
     if logits.numel() == 0:
         return logits, best, pt
     _, compute = _compute_dtype(prototypes)
-    _LOGITS_FWD[_grid(n)](
+    _LOGITS_FWD[_name(compute)][_grid(n)](
         embeddings, pt, logits, best, n, f, k, m, embeddings.stride(0), embeddings.stride(1),
         logits.stride(0), best.stride(0), COMPUTE=compute, BLOCK_F=block_f(f), **_blocks(),
     )  # fmt: skip
@@ -416,7 +444,7 @@ def logits_backward(grad: Tensor, embeddings: Tensor, pt: Tensor) -> Tensor:
     if gx.numel() == 0 or k == 0:
         return gx
     _, compute = _compute_dtype(pt)
-    _LOGITS_BWD[_grid(n)](
+    _LOGITS_BWD[_name(compute)][_grid(n)](
         embeddings, pt, grad, gx, n, f, k, m, embeddings.stride(0), embeddings.stride(1),
         grad.stride(0), grad.stride(1), gx.stride(0), gx.stride(1), COMPUTE=compute,
         BLOCK_F=block_f(f), **_blocks(),
@@ -458,17 +486,19 @@ _UNIT_STRIDES: dict[str, tuple[str, ...]] = {
 }
 
 
-def autotune_configs(kernel: str) -> list[triton.Config]:
-    """The autotune configs of ``kernel`` (a ``_*_kernel`` name of this module) on a GPU."""
+def autotune_configs(kernel: str, compute: str = "fp32") -> list[triton.Config]:
+    """The autotune configs of ``kernel`` (a ``_*_kernel`` name of this module) on a GPU for
+    the compute dtype ``compute`` ("fp32", or "fp64" for float64 prototypes)."""
     if kernel not in _POINTERS:
         raise ValueError(f"unknown kernel {kernel!r}; expected one of {sorted(_POINTERS)}")
-    return list(_CONFIGS)
+    return _configs(kernel, compute)
 
 
 def launch_specialisations(feature_dims: tuple[int, ...] | list[int]) -> list[dict]:
     """Every compile-time specialisation the launchers and autotuning pick for contiguous
-    tensors with the given feature dims: kernel × autotune config (:data:`_CONFIGS`) ×
-    (embeddings, prototypes) dtype (:data:`LAUNCH_DTYPES`) × ``BLOCK_F``.
+    tensors with the given feature dims: kernel × (embeddings, prototypes) dtype
+    (:data:`LAUNCH_DTYPES`) × autotune config of its compute dtype (:func:`autotune_configs`)
+    × ``BLOCK_F``.
 
     Each entry: ``kernel`` (attribute name of the ``triton.jit`` function in this module),
     ``config`` (JSON-able description), ``signature`` (argument → Triton type or
@@ -479,9 +509,9 @@ def launch_specialisations(feature_dims: tuple[int, ...] | list[int]) -> list[di
     for name, pointers in _POINTERS.items():
         fn = globals()[name]  # the kernel itself, not its autotuned wrapper
         unit = _UNIT_STRIDES[name]
-        for cfg in autotune_configs(name):
-            for emb, proto in LAUNCH_DTYPES:
-                compute = "fp64" if proto == "fp64" else "fp32"
+        for emb, proto in LAUNCH_DTYPES:
+            compute = "fp64" if proto == "fp64" else "fp32"
+            for cfg in autotune_configs(name, compute):
                 role = {"input": emb, "compute": compute, "output": proto}
                 for bf in sorted({block_f(f) for f in feature_dims}):
                     signature, constexprs = {}, {}

@@ -1,19 +1,17 @@
 """The compile check (posebh.ops.compile_check): every Triton kernel specialisation compiles for
-sm_80 and sm_90 without a GPU, with no spills, registers ≤ 255 and shared memory within the
-target's limit; the CUDA sources likewise with nvcc where it exists.
+sm_80 and sm_90 without a GPU, with registers ≤ 255, shared memory within the target's limit
+and no spills outside the known finding (``KNOWN_SPILLS``, which must still spill: the list can
+only shrink); the CUDA sources likewise with nvcc where it exists.
 
-The full matrix (``python -m posebh.ops.compile_check``: 568 Triton compiles, about 25 min on
-two cores, a couple of minutes on the GPU machine's 16) is too slow for CI. CI compiles
-:func:`_ci_jobs`: every kernel × every autotune config × both targets at the model's feature
-dim with the autocast dtypes (bf16 embeddings, fp32 prototypes) and at float64, and every decode
-specialisation up to kernel 31 for sm_90 with a few for sm_80 — see ``CI_RULE``.
+The whole matrix runs once per session (the ``compile_check_run`` fixture of the repository's
+conftest, shared with tests/test_selfcheck.py): about 320 Triton compiles and 4 nvcc compiles,
+a few minutes on two cores.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import shutil
-import sys
 from pathlib import Path
 
 import pytest
@@ -29,30 +27,9 @@ DECODE = extensions.kernels_module("decode_heatmaps")
 MODEL_DIM = 64  # PoseBHConfig.proto_dim, checked below
 
 
-def _ci_jobs() -> list[cc.CompileJob]:
-    jobs = []
-    for job in cc.triton_jobs(cc.TARGETS):
-        c = job.config
-        if job.kernel == "_decode_kernel":
-            sm90 = job.target == "cuda:90"
-            keep = c["KS"] <= 31 if sm90 else c["BLOCK"] in (1, DECODE.MAX_BLOCK) and c["KS"] <= 11
-        else:
-            dtypes = (c["embeddings"], c["prototypes"])
-            keep = c["BLOCK_F"] == MODEL_DIM and dtypes in (("bf16", "fp32"), ("fp64", "fp64"))
-        if keep:
-            jobs.append(job)
-    return jobs
-
-
 @pytest.fixture(scope="module")
-def records() -> list[cc.CompileRecord]:
-    """One run of the check (the heavy part of this module), workers = CPU count."""
-    lines: list[str] = []
-    out = cc.run_compile_check(
-        cc.TARGETS, include_cuda=True, progress=lines.append, jobs=_ci_jobs()
-    )
-    sys.stderr.write("\n".join(lines[-5:]) + "\n")
-    return out
+def records(compile_check_run: tuple[list, Path]) -> list[cc.CompileRecord]:
+    return compile_check_run[0]
 
 
 def test_presets_are_covered() -> None:
@@ -83,25 +60,25 @@ def test_enumeration_follows_the_launchers() -> None:
         "_logits_fwd_kernel",
         "_logits_bwd_kernel",
     }
+    block_fs = {SIMILARITY.block_f(f) for f in cc.FEATURE_DIMS}
     for name in kernels:
-        tuned = {
-            (cfg.kwargs["BLOCK_P"], cfg.kwargs["BLOCK_K"], cfg.num_warps)
-            for cfg in SIMILARITY.autotune_configs(name)
-        }
-        seen = {
-            (j.config["BLOCK_P"], j.config["BLOCK_K"], j.config["num_warps"])
-            for j in sim
-            if j.kernel == name
-        }
-        assert seen == tuned, name
-        count = sum(j.kernel == name for j in sim)
-        block_fs = {SIMILARITY.block_f(f) for f in cc.FEATURE_DIMS}
-        assert count == len(tuned) * len(SIMILARITY.LAUNCH_DTYPES) * len(block_fs)
+        for compute in ("fp32", "fp64"):
+            tuned = {
+                (cfg.kwargs["BLOCK_P"], cfg.kwargs["BLOCK_K"], cfg.num_warps)
+                for cfg in SIMILARITY.autotune_configs(name, compute)
+            }
+            mine = [j for j in sim if j.kernel == name and j.config["compute"] == compute]
+            seen = {(j.config["BLOCK_P"], j.config["BLOCK_K"], j.config["num_warps"]) for j in mine}
+            assert seen == tuned, (name, compute)
+            dtypes = [
+                d for d in SIMILARITY.LAUNCH_DTYPES if (d[1] == "fp64") == (compute == "fp64")
+            ]
+            assert len(mine) == len(tuned) * len(dtypes) * len(block_fs)
     dec = [j.config for j in jobs if j.module == "decode_heatmaps"]
     for mode in ("none", "default", "udp"):
         blocks = {c["BLOCK"] for c in dec if c["mode"] == mode}
         assert blocks == set(DECODE.BLOCKS), mode  # every BLOCK the launcher can pick
-    assert DECODE.BLOCKS[-1] == DECODE.MAX_BLOCK and DECODE.BLOCKS[0] == 1
+    assert DECODE.BLOCKS[-1] == DECODE.MAX_BLOCK and DECODE.BLOCKS[0] == DECODE.MIN_BLOCK
     assert {c["KS"] for c in dec if c["mode"] == "udp"} == set(DECODE.udp_kernel_sizes())
     assert max(DECODE.udp_kernel_sizes()) == DECODE.MAX_KERNEL
     assert len({(j.kernel, str(j.config)) for j in jobs}) == len(jobs)  # no duplicates
@@ -109,7 +86,7 @@ def test_enumeration_follows_the_launchers() -> None:
 
 def test_every_configuration_compiles(records: list[cc.CompileRecord]) -> None:
     triton_records = [r for r in records if r.compiler == "triton"]
-    expected = {(j.kernel, str(j.config), j.target) for j in _ci_jobs()}
+    expected = {(j.kernel, str(j.config), j.target) for j in cc.triton_jobs(cc.TARGETS)}
     assert {(r.kernel, str(r.config), r.target) for r in triton_records} == expected
     assert len(triton_records) == len(expected)
     bad = [cc._describe(r) for r in triton_records if not r.ok]
@@ -122,17 +99,23 @@ def test_every_configuration_compiles(records: list[cc.CompileRecord]) -> None:
         assert r.registers_from, r
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="real finding (issue 16): with this machine's Triton/ptxas, the similarity kernels "
-    "spill at most autotune configs (fp32 IEEE tl.dot keeps the [BLOCK_P, BLOCK_F] operand in "
-    "registers) and a few decode specialisations spill 4-12 B; no single config list is "
-    "spill-free for every dtype × BLOCK_F × target; the CUDA similarity kernels spill at their "
-    "256-feature template (and float64 at 64). Remove this marker once they are fixed.",
-)
-def test_no_configuration_spills(records: list[cc.CompileRecord]) -> None:
-    spilling = [cc._describe(r) for r in records if r.spills]
+def test_no_configuration_spills_outside_the_known_finding(
+    records: list[cc.CompileRecord],
+) -> None:
+    spilling = [cc._describe(r) for r in records if r.spills and not r.known_spill]
     assert not spilling, f"{len(spilling)} spilling:\n" + "\n".join(spilling)
+
+
+def test_known_spills_still_spill(records: list[cc.CompileRecord]) -> None:
+    """Each KNOWN_SPILLS entry still names a spilling compile: once one is fixed, the entry
+    must go (the allowance can only shrink)."""
+    for kernel, compute, target in cc.KNOWN_SPILLS:
+        mine = [
+            r for r in records
+            if (r.kernel, r.config.get("compute"), r.target) == (kernel, compute, target)
+        ]  # fmt: skip
+        assert mine and any(r.spills for r in mine), (kernel, compute, target)
+        assert all(r.spills <= 64 for r in mine), [cc._describe(r) for r in mine]
 
 
 def test_cuda_sources_compile_without_spills(records: list[cc.CompileRecord]) -> None:
@@ -158,9 +141,10 @@ def _one_decode_job(**config: object) -> cc.CompileJob:
 
 
 def test_cli_exits_1_on_a_spill(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    """A real spill: the 4096-wide arg-max (≈120 registers) capped at 32 per thread."""
+    """A real spill: DARK-UDP at kernel 31 with the flip test (≈100 registers) capped at 32."""
     argv = ["--target", "cuda:90", "--no-cuda", "--quiet", "--kernel", "_decode_kernel"]
-    argv += ["--where", "mode=none", "--where", "flip=False", "--where", "BLOCK=4096"]
+    argv += ["--where", "mode=udp", "--where", "flip=True", "--where", "KS=31"]
+    argv += ["--where", "BLOCK=4096"]
     out = tmp_path / "r.json"
     assert cc.main([*argv, "--out", str(out)]) == 0
     assert cc.main([*argv, "--maxnreg", "32", "--json"]) == 1
@@ -193,6 +177,6 @@ def test_bad_target_is_refused() -> None:
 def test_runs_from_an_interpreter_session(monkeypatch: pytest.MonkeyPatch) -> None:
     """The workers drop TRITON_INTERPRET, so the check works where the interpreter is on."""
     monkeypatch.setenv("TRITON_INTERPRET", "1")
-    job = _one_decode_job(mode="none", flip=False, BLOCK=1)
+    job = _one_decode_job(mode="none", flip=False, BLOCK=DECODE.MIN_BLOCK)
     record = cc.run_compile_check(["cuda:80"], include_cuda=False, jobs=[job], workers=1)[0]
     assert record.ok and record.registers, record

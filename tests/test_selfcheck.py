@@ -21,6 +21,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from posebh.ops import compile_check
 from posebh.selfcheck import Check, Report, run
 from posebh.selfcheck.report import FAIL, PASS, SKIP, guarded
 
@@ -28,12 +29,16 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the no-GPU path; a GPU is present")
-def test_without_a_gpu_only_the_compile_check_runs_and_exit_is_0(tmp_path: Path) -> None:
-    pytest.importorskip("triton")
+def test_without_a_gpu_only_the_compile_check_runs_and_exit_is_0(
+    tmp_path: Path, compile_check_run: tuple[list, Path]
+) -> None:
+    """The compile check's records come from the session's run (tests/test_compile_check.py
+    checks them, and the compiling itself); the self-check reports them (--compile-records)."""
     out = tmp_path / "report"
+    argv = ["--device", "cuda", "--out", str(out), "--compile-records", str(compile_check_run[1])]
     done = subprocess.run(
-        [sys.executable, "-m", "posebh.selfcheck", "--device", "cuda", "--out", str(out)],
-        capture_output=True, text=True, timeout=1500, cwd=tmp_path,
+        [sys.executable, "-m", "posebh.selfcheck", *argv],
+        capture_output=True, text=True, timeout=600, cwd=tmp_path,
     )  # fmt: skip
     assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-3000:]
     report = json.loads((out / "report.json").read_text())
@@ -42,10 +47,14 @@ def test_without_a_gpu_only_the_compile_check_runs_and_exit_is_0(tmp_path: Path)
     sections = {c["section"] for c in report["checks"]}
     assert sections == {"compile"}
     statuses = {c["name"]: c["status"] for c in report["checks"]}
+    # The session's records, reported as they are (no second compile).
+    assert set(statuses) == {f"{r.kernel} @ {r.target}" for r in compile_check_run[0]}
     targets = {name.rsplit("@ ", 1)[1] for name in statuses}
     assert targets == {"cuda:80", "cuda:90"}
     assert all(s != FAIL for s in statuses.values()), statuses
     assert sum(s == PASS for s in statuses.values()) >= 2 * 5  # 5 Triton kernels × 2 targets
+    known = [c for c in report["checks"] if "known spill" in c["detail"]]
+    assert {c["name"] for c in known} == {f"{k} @ {t}" for k, _, t in compile_check.KNOWN_SPILLS}
     assert "none found" in (out / "report.md").read_text()
 
 
@@ -77,8 +86,9 @@ def test_op_suite_on_triton_under_the_interpreter() -> None:
     pytest.importorskip("triton")
     code = (
         "from posebh.selfcheck import op_checks as o\n"
+        "from posebh_kernels.limits import DECODE_TRITON_MAX_KERNEL as kmax\n"
         "cs = [*o.similarity_checks('cpu', 'triton', shapes=o.SIMILARITY_SHAPES[1:2]),\n"
-        "      *o.decode_checks('cpu', 'triton', 63, small=True)]\n"
+        "      *o.decode_checks('cpu', 'triton', kmax, small=True)]\n"
         "bad = [(c.name, c.detail) for c in cs if c.status != 'pass']\n"
         "print(len(cs), 'checks', bad)\n"
         "raise SystemExit(1 if bad or len(cs) < 50 else 0)\n"

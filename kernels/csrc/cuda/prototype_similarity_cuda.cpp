@@ -2,9 +2,9 @@
 //
 // Registers the CUDA implementations of the `posebh` operators defined in
 // ../prototype_similarity.cpp (same schemas; that file is always compiled into the same
-// extension). Differences from the CPU implementation: the embeddings may be float16, bfloat16,
-// float32 or float64 (converted on load; float32 compute unless the prototypes are float64),
-// and the result is cast to the prototypes' dtype like the reference's. Numerics follow the
+// extension). Differences from the CPU implementation: float32 compute only, F <= 64 (the
+// Triton backend covers float64 and larger F); the embeddings may be float16, bfloat16 or
+// float32 (converted on load; float64 embeddings are converted first), and the result is cast to the prototypes' dtype like the reference's. Numerics follow the
 // GPU, not MKL: no bit-exactness with the CPU reference, fp32 rounding only.
 
 #include <ATen/ATen.h>
@@ -71,7 +71,9 @@ void check_inputs(const at::Tensor& embeddings, int64_t dims, const at::Tensor& 
   TORCH_CHECK(prototypes.dim() == 3 && prototypes.size(1) > 0, op,
               ": prototypes must be [J, M, F] with M > 0");
   TORCH_CHECK(prototypes.size(2) == embeddings.size(1), op, ": embedding dimension mismatch");
-  TORCH_CHECK(embeddings.size(1) <= 256, op, ": the CUDA kernels support F <= 256");
+  TORCH_CHECK(embeddings.size(1) <= 64, op, ": the CUDA kernels support F <= 64 (Triton: any F)");
+  TORCH_CHECK(prototypes.scalar_type() != at::kDouble, op,
+              ": the CUDA kernels compute in float32 (float64: the Triton backend)");
   TORCH_CHECK(embeddings.is_cuda() && prototypes.device() == embeddings.device(), op,
               ": expected CUDA tensors on one device");
   TORCH_CHECK(at::isFloatingType(embeddings.scalar_type()) &&
@@ -93,11 +95,11 @@ at::Tensor prepare_prototypes(const at::Tensor& prototypes, int64_t start, int64
   return pn.to(compute_type(prototypes)).contiguous();
 }
 
-// Embeddings in a dtype the kernels read for this compute dtype (float64 compute reads only
-// float64), with H·W flattenable into one pixel stride.
+// Embeddings in a dtype the kernels read (float32, float16, bfloat16), with H·W flattenable
+// into one pixel stride.
 at::Tensor readable(const at::Tensor& embeddings, at::ScalarType compute) {
   at::Tensor x = embeddings;
-  if (compute == at::kDouble && x.scalar_type() != at::kDouble) x = x.to(at::kDouble);
+  if (x.scalar_type() == at::kDouble) x = x.to(compute);
   if (x.dim() == 4 && x.size(2) > 1 && x.size(3) > 1 && x.stride(2) != x.size(3) * x.stride(3)) {
     x = x.contiguous();
   }
