@@ -20,13 +20,13 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
 import torch
+from triton_child import run_interpreter_tests
 
 from posebh.decode import flip_back, flip_test_merge, gaussian_kernel_1d
 from posebh.decode import keypoints_from_heatmaps as reference
@@ -645,17 +645,7 @@ def test_triton_kernel_compiles_for_cuda_without_a_gpu() -> None:
 @parent_only
 def test_triton_interpreter_suite() -> None:
     pytest.importorskip("triton")
-    env = {**os.environ, "TRITON_INTERPRET": "1", "POSEBH_TRITON_CHILD": "1"}
-    run = subprocess.run(
-        [sys.executable, "-m", "pytest", __file__, "-k", "interp", "-q", "-p", "no:cacheprovider"],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=1800,
-        cwd=REPO,
-    )
-    assert run.returncode == 0, run.stdout[-6000:] + run.stderr[-3000:]
-    assert " passed" in run.stdout and " failed" not in run.stdout, run.stdout[-3000:]
+    run_interpreter_tests(__file__, timeout=1800)
 
 
 @interp_only

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from triton_child import run_interpreter_tests
 
 from posebh import ops
 from posebh.ops import extensions
@@ -524,17 +525,7 @@ def test_cuda_binding_compiles_against_torch_headers(tmp_path: Path) -> None:
 @parent_only
 def test_triton_interpreter_suite() -> None:
     pytest.importorskip("triton")
-    env = {**os.environ, "TRITON_INTERPRET": "1", "POSEBH_TRITON_CHILD": "1"}
-    run = subprocess.run(
-        [sys.executable, "-m", "pytest", __file__, "-k", "interp", "-q", "-p", "no:cacheprovider"],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=1200,
-        cwd=REPO,
-    )
-    assert run.returncode == 0, run.stdout[-6000:] + run.stderr[-3000:]
-    assert " passed" in run.stdout and " failed" not in run.stdout, run.stdout[-3000:]
+    run_interpreter_tests(__file__, timeout=1200)
 
 
 @interp_only

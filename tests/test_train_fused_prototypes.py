@@ -15,12 +15,11 @@ from __future__ import annotations
 
 import contextlib
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
+from triton_child import run_interpreter_tests
 
 from posebh.losses import PixelPrototypeLoss
 from posebh.ops import extensions
@@ -221,17 +220,7 @@ def test_learn_backend_switch_and_empty_input(cpp) -> None:
 @parent_only
 def test_triton_interpreter_learn() -> None:
     pytest.importorskip("triton")
-    env = {**os.environ, "TRITON_INTERPRET": "1", "POSEBH_TRITON_CHILD": "1"}
-    run = subprocess.run(
-        [sys.executable, "-m", "pytest", __file__, "-k", "interp", "-q", "-p", "no:cacheprovider"],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=900,
-        cwd=REPO,
-    )
-    assert run.returncode == 0, run.stdout[-6000:] + run.stderr[-3000:]
-    assert " passed" in run.stdout and " failed" not in run.stdout, run.stdout[-3000:]
+    run_interpreter_tests(__file__, timeout=900)
 
 
 @interp_only
