@@ -18,7 +18,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import math
 import time
 from collections.abc import Iterator
@@ -32,15 +31,11 @@ from posebh.selfcheck.report import FAIL, PASS, Check
 __all__ = ["compile_checks", "eval_checks", "golden_checks", "train_checks"]
 
 
-@contextlib.contextmanager
-def _no_tf32() -> Iterator[None]:
-    """fp32 convolutions and matmuls in IEEE fp32 (PyTorch lets cuDNN use TF32 by default)."""
-    saved = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
-    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
-    try:
-        yield
-    finally:
-        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
+def _no_tf32(device: str) -> Any:
+    """IEEE fp32 on the device: the forward context of ``--precision fp32`` (TF32 off on CUDA)."""
+    from posebh.evaluation.predict import inference_autocast
+
+    return inference_autocast(device, "fp32")
 
 
 def _tiny_golden(shared: Path) -> tuple[dict[str, Any], torch.nn.Module]:
@@ -55,7 +50,7 @@ def golden_checks(device: str, shared: Path) -> Iterator[Check]:
     t0 = time.perf_counter()
     golden, model = _tiny_golden(shared)
     dev = torch.device(device)
-    with torch.no_grad(), _no_tf32():
+    with torch.no_grad(), _no_tf32(device):
         out = model.to(dev)(golden["images"].to(dev), golden["dataset_idx"].to(dev))
     errs = {
         f"heatmaps[{d}]": float((out.heatmaps[d].cpu() - ref).abs().max())
@@ -191,7 +186,7 @@ def compile_checks(device: str, preset: str, batch: int, **arch: Any) -> Iterato
             torch.cuda.synchronize()
         return (time.perf_counter() - start) / 5 * 1e3
 
-    with _no_tf32():
+    with _no_tf32(device):
         eager = heatmaps(model)
         compiled = torch.compile(model)
         c0 = time.perf_counter()
