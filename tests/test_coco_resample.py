@@ -6,6 +6,9 @@ from __future__ import annotations
 
 import contextlib
 import io
+import json
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -14,7 +17,10 @@ pytest.importorskip("pycocotools")
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
-from posebh.evaluation.coco_resample import CocoMatches
+from posebh.evaluation import STAT_NAMES, oks_eval, wholebody_eval
+from posebh.evaluation.coco_resample import CocoMatches, oks_resampler, wholebody_resampler
+from posebh.evaluation.simulate import COCO_VAL_SIZE, keypoint_problem
+from posebh.skeletons import get_skeleton
 
 SIGMAS = np.array([.26, .25, .25, .35, .35, .79, .79, .72, .72, .62, .62, 1.07, 1.07, .87, .87,
                    .89, .89]) / 10.0  # COCO's 17 keypoint sigmas (pycocotools)  # fmt: skip
@@ -72,10 +78,11 @@ def _duplicated(gt: dict, dets: list[dict], counts: np.ndarray) -> tuple[dict, l
     """Image i (pycocotools' i-th id) ``counts[i]`` times, copies under ids sorting after i."""
     ids = sorted(img["id"] for img in gt["images"])
     new_ids = {(old, c): old * 1000 + c for old in ids for c in range(1000)}
+    by_id = {img["id"]: img for img in gt["images"]}
     images, anns, out = [], [], []
     for i, old in enumerate(ids):
         for c in range(counts[i]):
-            images.append({"id": new_ids[old, c], "width": 640, "height": 480})
+            images.append({**by_id[old], "id": new_ids[old, c]})
             for a in gt["annotations"]:
                 if a["image_id"] == old:
                     anns.append({**a, "id": len(anns) + 1, "image_id": new_ids[old, c]})
@@ -88,29 +95,111 @@ def test_identity_resample_is_pycocotools_bit_for_bit(seed: int) -> None:
     gt, dets = _problem(60, seed)
     ev = _cocoeval(gt, dets)
     matches = CocoMatches.from_cocoeval(ev)
-    ours = matches.stats()
+    (ours,) = matches.stats()
     np.testing.assert_array_equal(ours, np.asarray(ev.stats))
-    np.testing.assert_array_equal(matches.stats(np.ones(60, dtype=int)), ours)
+    np.testing.assert_array_equal(matches.stats(np.ones(60, dtype=int))[0], ours)
     precision, recall = matches.accumulate()
-    np.testing.assert_array_equal(precision, ev.eval["precision"][:, :, 0, :, 0])
-    np.testing.assert_array_equal(recall, ev.eval["recall"][:, 0, :, 0])
+    np.testing.assert_array_equal(precision[0], ev.eval["precision"][:, :, 0, :, 0])
+    np.testing.assert_array_equal(recall[0], ev.eval["recall"][:, 0, :, 0])
 
 
 @pytest.mark.parametrize("seed", [3, 4, 5, 6])
 def test_multiset_equals_pycocotools_on_duplicated_images(seed: int) -> None:
     gt, dets = _problem(40, seed)
     matches = CocoMatches.from_cocoeval(_cocoeval(gt, dets))
-    counts = np.random.default_rng(seed).multinomial(40, np.full(40, 1 / 40))
-    dup_gt, dup_dets = _duplicated(gt, dets, counts)
-    expected = np.asarray(_cocoeval(dup_gt, dup_dets).stats)
-    np.testing.assert_allclose(matches.stats(counts), expected, rtol=0, atol=1e-12)
+    counts = np.random.default_rng(seed).multinomial(40, np.full(40, 1 / 40), size=3)
+    batch = matches.stats(counts)  # three multisets at once
+    for row, c in zip(batch, counts, strict=True):
+        dup = _cocoeval(*_duplicated(gt, dets, c))
+        np.testing.assert_allclose(row, np.asarray(dup.stats), rtol=0, atol=1e-12)
+    precision, recall = matches.accumulate(counts[-1:])
+    np.testing.assert_allclose(precision[0], dup.eval["precision"][:, :, 0, :, 0], rtol=0,
+                               atol=1e-12)  # fmt: skip
+    np.testing.assert_allclose(recall[0], dup.eval["recall"][:, 0, :, 0], rtol=0, atol=1e-12)
 
 
 def test_empty_and_degenerate_multisets() -> None:
     gt, dets = _problem(30, 7)
     matches = CocoMatches.from_cocoeval(_cocoeval(gt, dets))
     assert np.all(matches.stats(np.zeros(30, dtype=int)) == -1)  # nothing to score
-    with pytest.raises(ValueError, match="30 non-negative"):
+    with pytest.raises(ValueError, match=r"\[B, 30\] non-negative"):
         matches.stats(np.full(29, 1))
     with pytest.raises(ValueError, match="non-negative"):
         matches.stats(np.full(30, -1))
+
+
+# ------------------------------------------------------------------------------------------
+# Resamplers of oks_eval / wholebody_eval: identity = the full-set code, multisets = the
+# full-set code on the duplicated dataset
+# ------------------------------------------------------------------------------------------
+
+
+def _load(path: Path) -> Any:
+    return json.loads(path.read_text())
+
+
+def _crowdpose(examples: Path) -> tuple[dict, list[dict], np.ndarray]:
+    sigmas = get_skeleton("coco").sigmas_array()[5:]
+    gt = _load(examples / "example_crowdpose_val.json")
+    return gt, _load(examples / "example_crowdpose_preds.json"), np.r_[sigmas, 0.079, 0.079]
+
+
+def _assert_same(got: np.ndarray, want: np.ndarray) -> None:
+    np.testing.assert_allclose(got, want, rtol=0, atol=1e-12, equal_nan=True)
+
+
+def _multisets(num: int, seed: int, size: int) -> np.ndarray:
+    return np.random.default_rng(seed).multinomial(num, np.full(num, 1 / num), size=size)
+
+
+def _as_nan(stats: dict, names) -> np.ndarray:
+    return np.array([np.nan if stats[n] == -1 else stats[n] for n in names])
+
+
+@pytest.mark.parametrize("case", ["coco", "coco_no_area", "crowdpose"])
+def test_oks_resampler_identity_and_multisets(shared_dir: Path, case: str) -> None:
+    examples = shared_dir / "data" / "xtcocoapi_examples"
+    if case == "crowdpose":
+        gt, preds, sigmas = _crowdpose(examples)
+        kw = {"sigmas": sigmas, "use_area": False, "iou_type": "keypoints_crowd"}
+    else:
+        gt = _load(examples / "example_coco_val.json")
+        preds = _load(examples / "example_coco_preds.json")
+        kw = {"sigmas": SIGMAS, "use_area": case == "coco"}
+    stats, r = oks_resampler(gt, preds, **kw)
+    assert stats == oks_eval(gt, preds, **kw)  # the full-set value is oks_eval's own
+    assert r.units == tuple(sorted(img["id"] for img in gt["images"]))
+    _assert_same(r.full, np.array([stats[n] for n in r.names]))
+    _assert_same(r.values(np.ones((1, r.num_units), dtype=int))[0], _as_nan(stats, r.names))
+    counts = _multisets(r.num_units, seed=1, size=2)
+    for row, c in zip(r.values(counts), counts, strict=True):
+        dup = oks_eval(*_duplicated(gt, preds, c), **kw)
+        _assert_same(row, _as_nan(dup, r.names))
+
+
+def test_wholebody_resampler_identity_and_multisets(shared_dir: Path) -> None:
+    examples = shared_dir / "data" / "xtcocoapi_examples"
+    gt = _load(examples / "example_wholebody_val.json")
+    preds = _load(examples / "example_wholebody_preds.json")
+    stats, r = wholebody_resampler(gt, preds)
+    assert stats == wholebody_eval(gt, preds)
+    assert r.names[:2] == ("body/AP", "body/AP50") and len(r.names) == 10 * len(stats)
+
+    def flat(s: dict) -> np.ndarray:
+        return np.concatenate([_as_nan(s[p], STAT_NAMES) for p in stats])
+
+    _assert_same(r.values(np.ones((1, r.num_units), dtype=int))[0], flat(stats))
+    (counts,) = _multisets(r.num_units, seed=2, size=1)
+    _assert_same(r.values(counts[None])[0], flat(wholebody_eval(*_duplicated(gt, preds, counts))))
+
+
+@pytest.mark.slow
+def test_identity_on_a_coco_val_size_set() -> None:
+    """5,000 images, ~6,350 persons, ~104k detections: the identity resample is pycocotools."""
+    num_images, persons, detections = COCO_VAL_SIZE
+    gt, dets = keypoint_problem(num_images, persons_per_image=persons,
+                                detections_per_image=detections, seed=0)  # fmt: skip
+    assert abs(len(dets) - 104125) < 2000 and abs(len(gt["annotations"]) - 6352) < 300
+    ev = _cocoeval(gt, dets)
+    matches = CocoMatches.from_cocoeval(ev)
+    np.testing.assert_allclose(matches.stats()[0], ev.stats, rtol=0, atol=1e-12)

@@ -48,13 +48,14 @@ dropped detections.
 from __future__ import annotations
 
 import contextlib
+import functools
 import io
 import json
 import math
 import numbers
 import os
 import tempfile
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -375,7 +376,7 @@ def _coco(dataset: dict[str, Any]):
     return coco
 
 
-def _run_cocoeval(gt_ds, dts, sigmas, iou_type, images):
+def _run_cocoeval(gt_ds, dts, sigmas, iou_type, images, on_matched=None):
     from pycocotools.cocoeval import COCOeval
 
     dt_ds = {"images": gt_ds["images"], "categories": gt_ds["categories"], "annotations": dts}
@@ -383,6 +384,8 @@ def _run_cocoeval(gt_ds, dts, sigmas, iou_type, images):
     ev = COCOeval(coco_gt, coco_dt, "keypoints")
     ev.params.kpt_oks_sigmas = sigmas
     ev.evaluate()
+    if on_matched is not None:  # the bootstrap keeps the per-image matches of the full set
+        on_matched(ev)
     ev.accumulate()
     ev.summarize()
     s = [float(v) for v in ev.stats]
@@ -418,6 +421,7 @@ def _evaluate(
     sigmas: np.ndarray,
     use_area: bool,
     iou_type: str,
+    on_matched: Callable[[Any], None] | None = None,
 ) -> dict[str, Any]:
     if iou_type not in IOU_TYPES:
         raise ValueError(f"iou_type must be one of {IOU_TYPES}, got {iou_type!r}")
@@ -427,7 +431,7 @@ def _evaluate(
     cat_ids = {cat["id"] for cat in norm_gt["categories"]}
     dts, counts = _prepare_results(results, res_src, iou_type, num_values, image_ids, cat_ids)
     with contextlib.redirect_stdout(io.StringIO()):
-        stats = _run_cocoeval(norm_gt, dts, sigmas, iou_type, norm_gt["images"])
+        stats = _run_cocoeval(norm_gt, dts, sigmas, iou_type, norm_gt["images"], on_matched)
     score_key = _score_key_of(iou_type)
     stats["meta"] = result_meta(
         "oks_ap",
@@ -453,6 +457,7 @@ def oks_eval(
     sigmas: Any,
     use_area: bool = True,
     iou_type: str = "keypoints",
+    on_matched: Callable[[Any], None] | None = None,
 ) -> dict[str, Any]:
     """OKS keypoint AP/AR of ``results`` against ``gt`` (formats in the module docstring).
 
@@ -464,6 +469,8 @@ def oks_eval(
         use_area: ``False`` uses ``0.53·w·h`` of the GT bbox as OKS scale and area-range value
             (AIC, CrowdPose, 3DPW).
         iou_type: ``"keypoints"``, ``"keypoints_crowd"`` or ``"keypoints_<part>"``.
+        on_matched: called with the ``COCOeval`` right after ``evaluate()`` (the bootstrap
+            keeps its per-image matches, :mod:`posebh.evaluation.coco_resample`).
 
     Returns:
         ``{"AP", "AP50", "AP75", "APm", "APl", "AR", "AR50", "AR75", "ARm", "ARl": float,
@@ -477,16 +484,24 @@ def oks_eval(
     gt_ds, gt_src = _load_json(gt, "annotation")
     _check_dataset(gt_ds, gt_src)
     res, res_src = _load_json(results, "results")
-    return _evaluate(gt_ds, gt_src, res, res_src, sigmas=sig, use_area=use_area, iou_type=iou_type)
+    return _evaluate(
+        gt_ds, gt_src, res, res_src, sigmas=sig, use_area=use_area, iou_type=iou_type,
+        on_matched=on_matched,
+    )  # fmt: skip
 
 
 def wholebody_eval(
-    gt: GtLike, results: ResultsLike, *, sigmas: Any = None
+    gt: GtLike,
+    results: ResultsLike,
+    *,
+    sigmas: Any = None,
+    on_matched: Callable[[str, Any], None] | None = None,
 ) -> dict[str, dict[str, Any]]:
     """COCO-WholeBody AP per part: ``{part: oks_eval stats}`` for ``WHOLEBODY_PARTS``.
 
     Each part is evaluated as xtcocotools ``keypoints_<part>`` with ``use_area=True`` and the
     part's slice of the 133 sigmas (``sigmas=None``: the ``coco_wholebody`` skeleton's).
+    ``on_matched(part, cocoeval)``: as :func:`oks_eval`'s, once per part.
     """
     skel = get_skeleton("coco_wholebody")
     sig = skel.sigmas_array() if sigmas is None else _resolve_sigmas(sigmas)
@@ -506,6 +521,7 @@ def wholebody_eval(
             sigmas=sig[start:end],
             use_area=True,
             iou_type=f"keypoints_{part}",
+            on_matched=None if on_matched is None else functools.partial(on_matched, part),
         )
     return out
 

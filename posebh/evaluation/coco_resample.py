@@ -25,22 +25,42 @@ T OKS thresholds, R = 101 recall points, A area ranges.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
-__all__ = ["CocoMatches"]
+from posebh.evaluation.bootstrap import Resampler
+from posebh.evaluation.coco import (
+    _CROWD_SPLITS,
+    CROWD_STAT_NAMES,
+    STAT_NAMES,
+    oks_eval,
+    wholebody_eval,
+)
+
+__all__ = ["CocoMatches", "oks_resampler", "wholebody_resampler"]
 
 
 @dataclass(frozen=True)
 class _AreaMatches:
-    """One area range: detections in pycocotools' global order (score descending, stable)."""
+    """One area range, its detections in pycocotools' global order (score descending, stable).
+
+    Only the *mixed* detections (S of them: a true positive or ignored at some threshold) are
+    kept one by one. The others are either a false positive at every threshold — they enter
+    only through the weighted count of false positives before each kept detection,
+    ``fp_before`` [S + 1, I] (sparse: how many of image i's lie before kept detection s) — or
+    ignored at every threshold, which changes no sum at all.
+    """
 
     has_entry: np.ndarray  # [I] the image has an evalImgs entry (a range with none is skipped)
-    image: np.ndarray  # [D] image index of each detection
-    tps: np.ndarray  # [T, D] matched and not ignored
-    fps: np.ndarray  # [T, D] unmatched and not ignored
+    detections: np.ndarray  # [I] detections per image in the range's list (any kind)
     gt_counted: np.ndarray  # [I] non-ignored ground truths per image
+    image: np.ndarray  # [S] image index of each kept detection
+    tps: np.ndarray  # [T, S] matched and not ignored
+    fps: np.ndarray  # [T, S] unmatched and not ignored
+    fp_before: Any  # scipy.sparse CSR [S + 1, I]
 
 
 @dataclass(frozen=True)
@@ -62,111 +82,242 @@ class CocoMatches:
                 f"one category and one maxDets expected (COCO keypoints), got catIds {cat_ids} "
                 f"and maxDets {p.maxDets}"
             )
-        max_det = p.maxDets[0]
-        num_images, num_thrs = len(p.imgIds), len(p.iouThrs)
-        areas = []
-        for a in range(len(p.areaRng)):
-            entries = ev.evalImgs[a * num_images : (a + 1) * num_images]
-            has_entry = np.array([e is not None for e in entries], dtype=bool)
-            scores, image, dtm, dtig = [], [], [], []
-            gt_counted = np.zeros(num_images, dtype=np.int64)
-            for i, e in enumerate(entries):
-                if e is None:
-                    continue
-                s = np.asarray(e["dtScores"][:max_det], dtype=np.float64)
-                scores.append(s)
-                image.append(np.full(s.size, i, dtype=np.int64))
-                dtm.append(np.asarray(e["dtMatches"])[:, :max_det].reshape(num_thrs, -1))
-                dtig.append(np.asarray(e["dtIgnore"])[:, :max_det].reshape(num_thrs, -1))
-                gt_counted[i] = np.count_nonzero(np.asarray(e["gtIgnore"]) == 0)
-            if scores:
-                all_scores = np.concatenate(scores)
-                order = np.argsort(-all_scores, kind="mergesort")  # pycocotools' sort
-                matched = np.concatenate(dtm, axis=1)[:, order].astype(bool)
-                ignored = np.concatenate(dtig, axis=1)[:, order].astype(bool)
-                image_of = np.concatenate(image)[order]
-            else:
-                matched = ignored = np.zeros((num_thrs, 0), dtype=bool)
-                image_of = np.zeros(0, dtype=np.int64)
-            areas.append(
-                _AreaMatches(
-                    has_entry=has_entry,
-                    image=image_of,
-                    tps=matched & ~ignored,
-                    fps=~matched & ~ignored,
-                    gt_counted=gt_counted,
-                )
-            )
+        num_images = len(p.imgIds)
+        entries_of = [ev.evalImgs[a * num_images : (a + 1) * num_images] for a in
+                      range(len(p.areaRng))]  # fmt: skip
+        areas = tuple(_area_matches(e, p.maxDets[0], len(p.iouThrs)) for e in entries_of)
         thrs = np.asarray(p.iouThrs, dtype=np.float64)
-        return cls(num_images, thrs, np.asarray(p.recThrs, dtype=np.float64), tuple(areas))
+        return cls(num_images, thrs, np.asarray(p.recThrs, dtype=np.float64), areas)
 
     def accumulate(self, counts: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
-        """pycocotools' ``precision`` [T, R, A] and ``recall`` [T, A] (−1 where undefined) on the
-        multiset with ``counts[i]`` copies of image ``i`` (None: every image once)."""
-        num_thrs = self.areas[0].tps.shape[0] if self.areas else 0
-        num_rec = self.rec_thrs.size
-        precision = -np.ones((num_thrs, num_rec, len(self.areas)))
-        recall = -np.ones((num_thrs, len(self.areas)))
-        if counts is not None:
-            counts = np.asarray(counts, dtype=np.int64)
-            if counts.shape != (self.num_images,) or (counts < 0).any():
-                raise ValueError(
-                    f"counts must be {self.num_images} non-negative integers, got shape "
-                    f"{counts.shape}"
-                )
+        """pycocotools' ``precision`` [B, T, R, A] and ``recall`` [B, T, A] (−1 where undefined)
+        on the multisets ``counts`` [B, I] (None: every image once, B = 1)."""
+        counts = self._check(counts)
+        num_b, num_thrs, num_rec = counts.shape[0], self.iou_thrs.size, self.rec_thrs.size
+        precision = -np.ones((num_b, num_thrs, num_rec, len(self.areas)))
+        recall = -np.ones((num_b, num_thrs, len(self.areas)))
         for a, m in enumerate(self.areas):
-            if counts is None:
-                keep = bool(m.has_entry.any())
-                npig = int(m.gt_counted.sum())
-                tps, fps = m.tps, m.fps
-            else:
-                # pycocotools skips a range whose images all lack an evalImgs entry.
-                keep = bool((counts[m.has_entry] > 0).any())
-                npig = int(counts @ m.gt_counted)
-                reps = counts[m.image]
-                tps = np.repeat(m.tps, reps, axis=1)
-                fps = np.repeat(m.fps, reps, axis=1)
-            if not keep or npig == 0:
-                continue
-            tp_sum = np.cumsum(tps, axis=1).astype(float)
-            fp_sum = np.cumsum(fps, axis=1).astype(float)
-            nd = tp_sum.shape[1]
-            if nd == 0:
-                recall[:, a] = 0.0
-                precision[:, :, a] = 0.0
-                continue
-            rc = tp_sum / npig
-            pr = tp_sum / (fp_sum + tp_sum + np.spacing(1))
-            recall[:, a] = rc[:, -1]
-            # pycocotools' backward pass pr[i-1] = max(pr[i-1], pr[i]): a reversed running max.
-            envelope = np.maximum.accumulate(pr[:, ::-1], axis=1)[:, ::-1]
-            for t in range(num_thrs):
-                inds = np.searchsorted(rc[t], self.rec_thrs, side="left")
-                q = np.zeros(num_rec)
-                valid = inds < nd
-                q[valid] = envelope[t, inds[valid]]
-                precision[t, :, a] = q
+            # pycocotools skips a range whose images all lack an evalImgs entry, or without GT.
+            npig = counts @ m.gt_counted
+            active = (counts[:, m.has_entry] > 0).any(axis=1) & (npig > 0)
+            empty = active & (counts @ m.detections == 0)
+            precision[empty, :, :, a] = 0.0
+            recall[empty, :, a] = 0.0
+            rows = np.flatnonzero(active & ~empty)
+            if rows.size:
+                p, r = _accumulate_area(m, counts[rows], npig[rows], self.rec_thrs)
+                precision[rows, :, :, a] = p
+                recall[rows, :, a] = r
         return precision, recall
 
     def stats(self, counts: np.ndarray | None = None) -> np.ndarray:
-        """pycocotools' keypoint ``stats`` (AP, AP50, AP75, AP medium, AP large, AR, AR50, AR75,
-        AR medium, AR large) on the multiset ``counts``."""
+        """pycocotools' keypoint ``stats`` [B, 10] (AP, AP50, AP75, AP medium, AP large, AR,
+        AR50, AR75, AR medium, AR large) on the multisets ``counts`` [B, I]; −1 where
+        undefined, as pycocotools."""
         precision, recall = self.accumulate(counts)
 
-        def mean(values: np.ndarray) -> float:
-            values = values[values > -1]
-            return -1.0 if values.size == 0 else float(np.mean(values))
+        def mean(values: np.ndarray) -> np.ndarray:
+            flat = values.reshape(values.shape[0], -1)
+            ok = flat > -1
+            n = ok.sum(axis=1)
+            total = np.where(ok, flat, 0.0).sum(axis=1)
+            with np.errstate(invalid="ignore", divide="ignore"):
+                return np.where(n > 0, total / np.maximum(n, 1), -1.0)
 
         def at(thr: float) -> int:
             return int(np.where(self.iou_thrs == thr)[0][0])  # pycocotools' exact lookup
 
-        ap = [
-            mean(precision[:, :, 0]),
-            mean(precision[at(0.5), :, 0]),
-            mean(precision[at(0.75), :, 0]),
-            mean(precision[:, :, 1]),
-            mean(precision[:, :, 2]),
+        cols = [
+            mean(precision[:, :, :, 0]),
+            mean(precision[:, at(0.5), :, 0]),
+            mean(precision[:, at(0.75), :, 0]),
+            mean(precision[:, :, :, 1]),
+            mean(precision[:, :, :, 2]),
+            mean(recall[:, :, 0]),
+            mean(recall[:, at(0.5), 0]),
+            mean(recall[:, at(0.75), 0]),
+            mean(recall[:, :, 1]),
+            mean(recall[:, :, 2]),
         ]
-        ar = [mean(recall[:, 0]), mean(recall[at(0.5), 0]), mean(recall[at(0.75), 0]),
-              mean(recall[:, 1]), mean(recall[:, 2])]  # fmt: skip
-        return np.asarray(ap + ar)
+        return np.stack(cols, axis=1)
+
+    def _check(self, counts: np.ndarray | None) -> np.ndarray:
+        if counts is None:
+            return np.ones((1, self.num_images), dtype=np.int64)
+        counts = np.asarray(counts)
+        if counts.ndim == 1:
+            counts = counts[None]
+        if counts.ndim != 2 or counts.shape[1] != self.num_images or (counts < 0).any():
+            raise ValueError(
+                f"counts must be [B, {self.num_images}] non-negative integers (one column per "
+                f"image of the evaluation), got shape {counts.shape}"
+            )
+        return counts.astype(np.int64, copy=False)
+
+
+def _area_matches(entries: list, max_det: int, num_thrs: int) -> _AreaMatches:
+    from scipy.sparse import csr_matrix
+
+    num_images = len(entries)
+    has_entry = np.array([e is not None for e in entries], dtype=bool)
+    gt_counted = np.zeros(num_images, dtype=np.int64)
+    detections = np.zeros(num_images, dtype=np.int64)
+    scores, image, dtm, dtig = [], [], [], []
+    for i, e in enumerate(entries):
+        if e is None:
+            continue
+        s = np.asarray(e["dtScores"][:max_det], dtype=np.float64)
+        detections[i] = s.size
+        scores.append(s)
+        image.append(np.full(s.size, i, dtype=np.int64))
+        dtm.append(np.asarray(e["dtMatches"])[:, :max_det].reshape(num_thrs, -1))
+        dtig.append(np.asarray(e["dtIgnore"])[:, :max_det].reshape(num_thrs, -1))
+        gt_counted[i] = np.count_nonzero(np.asarray(e["gtIgnore"]) == 0)
+    if scores:
+        order = np.argsort(-np.concatenate(scores), kind="mergesort")  # pycocotools' sort
+        matched = np.concatenate(dtm, axis=1)[:, order].astype(bool)
+        ignored = np.concatenate(dtig, axis=1)[:, order].astype(bool)
+        image_of = np.concatenate(image)[order]
+    else:
+        matched = ignored = np.zeros((num_thrs, 0), dtype=bool)
+        image_of = np.zeros(0, dtype=np.int64)
+    tps, fps = matched & ~ignored, ~matched & ~ignored
+    always_fp = fps.all(axis=0)
+    kept = np.flatnonzero(~always_fp & ~ignored.all(axis=0))
+    fp_pos = np.flatnonzero(always_fp)
+    # Segment j of an always-false positive = the number of kept detections before it.
+    segment = np.searchsorted(kept, fp_pos)
+    fp_before = csr_matrix(
+        (np.ones(fp_pos.size, dtype=np.int64), (segment, image_of[fp_pos])),
+        shape=(kept.size + 1, num_images),
+    )
+    return _AreaMatches(
+        has_entry=has_entry,
+        detections=detections,
+        gt_counted=gt_counted,
+        image=image_of[kept],
+        tps=tps[:, kept],
+        fps=fps[:, kept],
+        fp_before=fp_before,
+    )
+
+
+def _accumulate_area(
+    m: _AreaMatches, counts: np.ndarray, npig: np.ndarray, rec_thrs: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """precision [B, T, R] and recall [B, T] of one area range on multisets with ≥ 1 detection.
+
+    In the duplicated dataset the copies of one detection are adjacent in the sorted list, so
+    every cumulative sum pycocotools forms is, at the last copy of kept detection s, a sum of
+    ``counts[image] × flag`` over detections up to s. The precision envelope only peaks at the
+    last copy of a true positive and a recall threshold is first reached inside a run of true
+    positive copies, whose envelope is that of the run's last copy; so the S kept positions
+    reproduce pycocotools' precision at its 101 recall points exactly.
+    """
+    num_b, num_thrs, num_s = counts.shape[0], m.tps.shape[0], m.tps.shape[1]
+    num_rec = rec_thrs.size
+    precision = np.zeros((num_b, num_thrs, num_rec))
+    if num_s == 0:
+        return precision, np.zeros((num_b, num_thrs))
+    weight = counts[:, m.image]  # [B, S]
+    # False positives of the always-false kind up to each kept detection.
+    fp_outside = np.cumsum((m.fp_before @ counts.T).T, axis=1)[:, :num_s]  # [B, S]
+    tp_sum = np.cumsum(weight[:, None, :] * m.tps[None], axis=2).astype(np.float64)
+    fp_sum = (np.cumsum(weight[:, None, :] * m.fps[None], axis=2)
+              + fp_outside[:, None, :]).astype(np.float64)  # fmt: skip
+    rc = tp_sum / npig[:, None, None]
+    pr = tp_sum / (fp_sum + tp_sum + np.spacing(1))
+    envelope = np.maximum.accumulate(pr[:, :, ::-1], axis=2)[:, :, ::-1]
+    for b in range(num_b):
+        for t in range(num_thrs):
+            inds = np.searchsorted(rc[b, t], rec_thrs, side="left")
+            valid = inds < num_s
+            precision[b, t, valid] = envelope[b, t, inds[valid]]
+    return precision, rc[:, :, -1]
+
+
+# ------------------------------------------------------------------------------------------
+# Resamplers (posebh.evaluation.bootstrap) of oks_eval and wholebody_eval
+# ------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Matched:
+    """What the bootstrap keeps of a ``COCOeval`` right after ``evaluate()`` (the crowd
+    splits re-run it on other images afterwards)."""
+
+    matches: CocoMatches
+    units: tuple[Any, ...]
+    crowd_index: np.ndarray | None  # [I] CrowdPose's per-image crowd index
+
+    @classmethod
+    def of(cls, ev) -> _Matched:
+        ids = list(ev.params.imgIds)
+        imgs = ev.cocoGt.imgs
+        crowd = [imgs[i].get("crowdIndex") for i in ids]
+        index = None if any(c is None for c in crowd) else np.asarray(crowd, dtype=np.float64)
+        return cls(CocoMatches.from_cocoeval(ev), tuple(ids), index)
+
+
+def _stats_resampler(matched: _Matched, stats: Mapping[str, Any], iou_type: str) -> Resampler:
+    """The Resampler of one evaluation whose full-set stats dict ``stats``
+    :func:`~posebh.evaluation.oks_eval` returned."""
+    matches, units = matched.matches, matched.units
+    if iou_type != "keypoints_crowd":
+        names = STAT_NAMES
+
+        def values(counts: np.ndarray) -> np.ndarray:
+            return _undefined_as_nan(matches.stats(counts))
+    else:
+        names = CROWD_STAT_NAMES
+        split_of = _crowd_splits(matched.crowd_index)
+
+        def values(counts: np.ndarray) -> np.ndarray:
+            s = matches.stats(counts)[:, [0, 1, 2, 5, 6, 7]]
+            # xtcocotools' per-crowd-index split AP: the plain mean of precision (−1 included)
+            # over the split's images, rounded to 4 decimals.
+            splits = [np.round(matches.accumulate(counts * mask)[0][..., 0].mean(axis=(1, 2)),
+                               4) for mask in split_of]  # fmt: skip
+            return _undefined_as_nan(np.column_stack([s, *splits]))
+
+    full = np.array([stats[n] for n in names], dtype=np.float64)
+    return Resampler(units, tuple(names), full, values)
+
+
+def _undefined_as_nan(values: np.ndarray) -> np.ndarray:
+    return np.where(values == -1.0, np.nan, values)
+
+
+def _crowd_splits(index: np.ndarray | None) -> list[np.ndarray]:
+    """Masks [I] of the easy / medium / hard crowd-index images (as ``coco._run_cocoeval``)."""
+    if index is None:
+        raise ValueError("keypoints_crowd needs every image's 'crowdIndex'")
+    lo, hi = _CROWD_SPLITS
+    return [(index < lo).astype(np.int64), ((index >= lo) & (index < hi)).astype(np.int64),
+            (index >= hi).astype(np.int64)]  # fmt: skip
+
+
+def oks_resampler(
+    gt: Any, results: Any, *, sigmas: Any, use_area: bool = True, iou_type: str = "keypoints"
+) -> tuple[dict[str, Any], Resampler]:
+    """:func:`~posebh.evaluation.oks_eval`'s stats and their :class:`Resampler` (over the GT's
+    images), from one pycocotools evaluation."""
+    seen: list[_Matched] = []
+    stats = oks_eval(gt, results, sigmas=sigmas, use_area=use_area, iou_type=iou_type,
+                     on_matched=lambda ev: seen.append(_Matched.of(ev)))  # fmt: skip
+    return stats, _stats_resampler(seen[0], stats, iou_type)
+
+
+def wholebody_resampler(
+    gt: Any, results: Any, *, sigmas: Any = None
+) -> tuple[dict[str, dict[str, Any]], Resampler]:
+    """:func:`~posebh.evaluation.wholebody_eval`'s stats and one :class:`Resampler` for every
+    part (names ``"<part>/AP"``, …), all on the same image multisets."""
+    seen: dict[str, _Matched] = {}
+
+    def keep(part: str, ev: Any) -> None:
+        seen[part] = _Matched.of(ev)
+
+    stats = wholebody_eval(gt, results, sigmas=sigmas, on_matched=keep)
+    parts = {p: _stats_resampler(seen[p], stats[p], f"keypoints_{p}") for p in stats}
+    return stats, Resampler.join(parts)
