@@ -39,10 +39,14 @@ from posebh.evaluation import (
     library_versions,
     oks_eval,
     pck_accuracy,
+    pck_auc_epe_resampler,
     pckh,
+    pckh_resampler,
     rescore_and_nms,
     wholebody_eval,
 )
+from posebh.evaluation.bootstrap import Resampler, bootstrap
+from posebh.evaluation.coco_resample import oks_resampler, wholebody_resampler
 from posebh.evaluation.distributed import eval_world, predict_on_ranks
 from posebh.evaluation.predict import (  # noqa: F401  (re-exported: posebh.evaluate.predict, ...)
     MAX_AUTO_WORKERS,
@@ -65,10 +69,26 @@ class EvalResult:
     meta: dict[str, Any]
     predictions: list[dict[str, Any]] = field(repr=False, default_factory=list)
     files: dict[str, str] = field(default_factory=dict)
+    # The metrics on resampled image multisets (bootstrap > 0; in memory only): the harness
+    # pairs two models' resamplers for its Δ columns.
+    resampler: Resampler | None = field(default=None, repr=False, compare=False)
 
     def table(self) -> str:
-        rows = [(k, f"{v:.4f}") for k, v in _flat_metrics(self.metrics).items()]
-        return tabulate(rows, headers=["metric", "value"], tablefmt="github")
+        ci = self.metrics.get("ci95", {})
+        rows = [
+            (k, f"{v:.4f}", _interval_text(ci.get(k)))
+            for k, v in _flat_metrics(self.metrics).items()
+        ]
+        headers = ["metric", "value", "95 % interval (image bootstrap)"]
+        if not ci:
+            rows, headers = [r[:2] for r in rows], headers[:2]
+        return tabulate(rows, headers=headers, tablefmt="github", disable_numparse=True)
+
+
+def _interval_text(ci: Sequence[float | None] | None) -> str:
+    if not ci or ci[0] is None or ci[1] is None:
+        return "–"
+    return f"[{ci[0]:.4f}, {ci[1]:.4f}]"
 
 
 def _flat_metrics(metrics: dict[str, Any]) -> dict[str, float]:
@@ -207,8 +227,23 @@ def compute_metrics(
     ``subset=True``: ``instances`` are only part of the split (``evaluate(max_instances=N)``);
     the ground truth is cut to them (:func:`_subset_ground_truth`).
     """
+    records, images = scored_records(predictions, instances, spec, protocol)
+    if not score:
+        return {"submission": {"results": len(records), "images": images}}, records
+    metrics, _ = score_records(records, instances, spec, protocol, subset=subset)
+    return metrics, records
+
+
+def scored_records(
+    predictions: Sequence[dict[str, Any]],
+    instances: Sequence[Instance],
+    spec: DatasetSpec,
+    protocol: EvalProtocol,
+) -> tuple[list[dict[str, Any]], int]:
+    """The records the metric scores (``predictions.json``) and the number of images they
+    cover: for OKS metrics the COCO results after rescoring and OKS-NMS, otherwise one
+    ``{"index", "keypoints"}`` per instance, in instance order."""
     record = get_protocol(protocol.dataset)
-    skeleton = record.skeleton
     if not predictions or (
         protocol.metric not in ("oks", "wholebody") and len(predictions) != len(instances)
     ):
@@ -223,25 +258,50 @@ def compute_metrics(
             per_image[p["image_id"]].append(p)
         kept = rescore_and_nms(
             per_image,
-            skeleton.sigmas_array(),
+            record.skeleton.sigmas_array(),
             vis_thr=protocol.vis_thr,
             oks_thr=protocol.oks_thr,
             soft=protocol.soft_nms,
             use_nms=protocol.use_nms,
         )
-        records = _coco_records([p for ps in kept.values() for p in ps], record)
-        if not score:
-            return {"submission": {"results": len(records), "images": len(kept)}}, records
-        gt: Any = _subset_ground_truth(spec, instances) if subset else spec.ann_file
-        if protocol.metric == "wholebody":
-            return wholebody_eval(gt, records), records
-        stats = oks_eval(gt, records, sigmas=skeleton.sigmas_array(), use_area=protocol.use_area)
-        return stats, records
-    preds = np.stack([np.asarray(p["keypoints"])[:, :2] for p in predictions])
+        return _coco_records([p for ps in kept.values() for p in ps], record), len(kept)
     records = [
         {"index": int(p["index"]), "keypoints": np.asarray(p["keypoints"]).tolist()}
         for p in predictions
     ]
+    return records, len({inst.image_id for inst in instances})
+
+
+def score_records(
+    records: Sequence[dict[str, Any]],
+    instances: Sequence[Instance],
+    spec: DatasetSpec,
+    protocol: EvalProtocol,
+    *,
+    subset: bool = False,
+    resample: bool = False,
+) -> tuple[dict[str, Any], Resampler | None]:
+    """The metrics of :func:`scored_records`' records; with ``resample=True`` also their
+    :class:`~posebh.evaluation.bootstrap.Resampler` over the evaluation images (from the same
+    scoring run: one pycocotools evaluation for OKS AP)."""
+    skeleton = get_protocol(protocol.dataset).skeleton
+    if protocol.metric in ("oks", "wholebody"):
+        gt: Any = _subset_ground_truth(spec, instances) if subset else spec.ann_file
+        if protocol.metric == "wholebody":
+            if resample:
+                return wholebody_resampler(gt, records)
+            return wholebody_eval(gt, records), None
+        kw = {"sigmas": skeleton.sigmas_array(), "use_area": protocol.use_area}
+        if resample:
+            return oks_resampler(gt, records, **kw)
+        return oks_eval(gt, records, **kw), None
+    if len(records) != len(instances):
+        raise ValueError(
+            f"{spec.ann_file}: {len(records)} prediction records for {len(instances)} "
+            "instances. Fix: give one record per instance read from the file, in file order."
+        )
+    preds = np.stack([np.asarray(r["keypoints"], dtype=np.float64)[:, :2] for r in records])
+    image_ids = np.array([str(inst.image_id) for inst in instances])
     if protocol.metric == "pckh":
         if not spec.gt_file or not Path(spec.gt_file).is_file():
             raise FileNotFoundError(
@@ -250,7 +310,9 @@ def compute_metrics(
             )
         order = np.argsort([int(inst.extras.get("index", i)) for i, inst in enumerate(instances)])
         gt_mat: Any = _subset_ground_truth(spec, instances) if subset else spec.gt_file
-        return pckh(preds[order], gt_mat), records
+        if resample:
+            return pckh_resampler(preds[order], gt_mat, image_ids[order])
+        return pckh(preds[order], gt_mat), None
     if protocol.metric == "pck_auc_epe":
         gt = np.stack([np.asarray(inst.keypoints)[:, :2] for inst in instances])
         mask = np.stack([np.asarray(inst.keypoints)[:, 2] > 0 for inst in instances])
@@ -268,8 +330,31 @@ def compute_metrics(
                 "auc_num_thrs": 20,
             },
         }
-        return metrics, records
+        if not resample:
+            return metrics, None
+        r = pck_auc_epe_resampler(preds, gt, mask, norm, image_ids)
+        return metrics, r
     raise ValueError(f"unknown metric {protocol.metric!r}")
+
+
+def bootstrap_metrics(
+    metrics: dict[str, Any], resampler: Resampler, num_resamples: int, seed: int
+) -> dict[str, Any]:
+    """Add ``metrics["ci95"]`` (flat metric name → [lo, hi], the percentile 95 % interval over
+    ``num_resamples`` image resamples) and return what ``meta["bootstrap"]`` records."""
+    start = time.perf_counter()
+    result = bootstrap(resampler, num_resamples, seed)
+    metrics["ci95"] = {name: r["ci95"] for name, r in result.items()}
+    undefined = {name: r["undefined"] for name, r in result.items() if r["undefined"]}
+    return {
+        "resamples": num_resamples,
+        "seed": seed,
+        "unit": "image (drawn with replacement; the persons of an image stay together)",
+        "images": resampler.num_units,
+        "interval": "percentile, 95 % (2.5th and 97.5th)",
+        "undefined": undefined,
+        "seconds": round(time.perf_counter() - start, 3),
+    }
 
 
 # ------------------------------------------------------------------------------------------
@@ -328,6 +413,8 @@ def evaluate(
     decode_backend: str = "auto",
     max_instances: int | None = None,
     precision: str = "fp32",
+    bootstrap: int = 0,
+    bootstrap_seed: int = 0,
     log: Callable[[str], None] | None = print,
 ) -> EvalResult:
     """Evaluate ``model`` on ``dataset`` (a name under ``data_root``'s official layout, or a
@@ -351,11 +438,16 @@ def evaluate(
     :mod:`posebh.evaluation.distributed`) each rank predicts a shard and rank 0 alone scores,
     writes and returns the result (a single process's, bit for bit); the other ranks get an
     empty result (metrics ``{}``).  ``meta`` records ``precision`` and ``world_size``.
+    ``bootstrap=N`` (> 0) adds ``metrics["ci95"]``: each metric's percentile 95 % interval
+    over N resamples of the evaluation images (seed ``bootstrap_seed``, recorded with the
+    rest in ``meta["bootstrap"]``; :func:`bootstrap_metrics`).
     """
     start = time.perf_counter()
     rank, world_size = eval_world()
     if max_instances is not None and max_instances < 1:
         raise ValueError(f"max_instances must be ≥ 1, got {max_instances}")
+    if bootstrap < 0:
+        raise ValueError(f"bootstrap must be ≥ 0 resamples (0: off), got {bootstrap}")
     if sum([gt_as_prediction, heatmap_oracle, mean_pose_from is not None]) > 1:
         raise ValueError("pass at most one of gt_as_prediction, heatmap_oracle, mean_pose_from")
     if mean_pose_from is not None and model is not None:
@@ -427,9 +519,16 @@ def evaluate(
         return EvalResult(name, metrics={}, meta={"rank": rank, "world_size": world_size})
     if submission_only and protocol.metric not in ("oks", "wholebody"):
         raise ValueError(f"submission_only applies to COCO-format splits, not {name}")
-    metrics, records = compute_metrics(
-        predictions, instances, spec, protocol, score=not submission_only, subset=capped
-    )
+    records, images = scored_records(predictions, instances, spec, protocol)
+    bootstrap_meta, resampler = None, None
+    if submission_only:
+        metrics: dict[str, Any] = {"submission": {"results": len(records), "images": images}}
+    else:
+        metrics, resampler = score_records(
+            records, instances, spec, protocol, subset=capped, resample=bootstrap > 0
+        )
+        if resampler is not None:
+            bootstrap_meta = bootstrap_metrics(metrics, resampler, bootstrap, bootstrap_seed)
     meta = {
         "dataset": name,
         "split": spec.split or split,
@@ -470,9 +569,12 @@ def evaluate(
             "cpus": os.cpu_count(),
             "device": str(device or "cpu"),
         },
+        "bootstrap": bootstrap_meta,
         "wall_time_s": round(time.perf_counter() - start, 3),
     }
-    result = EvalResult(dataset=name, metrics=metrics, meta=meta, predictions=records)
+    result = EvalResult(
+        dataset=name, metrics=metrics, meta=meta, predictions=records, resampler=resampler
+    )
     if out_dir is not None:
         result.files = write_result(result, out_dir)
     if log:

@@ -27,8 +27,11 @@ from typing import Any
 
 import torch
 
+from posebh.evaluation.bootstrap import DEFAULT_RESAMPLES, Resampler
 from posebh.protocol import get_protocol
-from posebh.reproduce.tables import DISPLAY_NAMES, Table, TableRow, read_metric
+from posebh.reproduce.deltas import PairedDelta, delta_text, deltas_by_key, model_pairs
+from posebh.reproduce.deltas import paired_deltas as compute_paired_deltas
+from posebh.reproduce.tables import DISPLAY_NAMES, Table, TableRow, read_interval, read_metric
 
 __all__ = [
     "Cell",
@@ -86,6 +89,8 @@ class Cell:
     # Instances scored / in the row (they differ under a --max-instances cap).
     instances: int | None = None
     instances_total: int | None = None
+    # Percentile 95 % interval of the measured value over image resamples (table unit).
+    ci95: tuple[float, float] | None = None
 
     @property
     def delta(self) -> float | None:
@@ -119,6 +124,9 @@ class RunContext:
     # > 1: each (model, row) runs as `torchrun --nproc_per_node gpus -m posebh.cli eval` on
     # CUDA (posebh.reproduce.launch); 1: in this process.
     gpus: int = 1
+    # Image resamples behind every interval and paired Δ (0: none), and their seed.
+    bootstrap: int = DEFAULT_RESAMPLES
+    bootstrap_seed: int = 0
 
 
 #: What the floor column is, for reports.
@@ -136,6 +144,8 @@ class TableRun:
     checkpoints: dict[str, dict[str, Any]]
     seconds: float
     floors: dict[tuple[str, str], tuple[float | None, str]] = field(default_factory=dict)
+    # PoseBH − ViTPose++ of the same size per (row, metric), paired (posebh.reproduce.deltas).
+    deltas: list[PairedDelta] = field(default_factory=list)
 
     def failed(self) -> list[Cell]:
         return [c for c in self.cells if c.status == "fail"]
@@ -197,6 +207,7 @@ def evaluate_table(
     wanted = [m for m in table.models if models is None or m.id in models]
     cells: list[Cell] = []
     checkpoints: dict[str, dict[str, Any]] = {}
+    resamplers: dict[tuple[str, str], Resampler] = {}
     say = log or (lambda _msg: None)
     for column in wanted:
         path = context.weights / column.checkpoint
@@ -261,8 +272,12 @@ def evaluate_table(
                         progress=context.progress,
                         decode_backend=context.decode_backend,
                         max_instances=context.max_instances,
+                        bootstrap=context.bootstrap,
+                        bootstrap_seed=context.bootstrap_seed,
                         log=None,
                     )
+                if result.resampler is None and context.bootstrap > 0:
+                    result.resampler = _resampler_from_files(row, eval_dir, context)
             except (CheckpointError, FileNotFoundError, ValueError) as err:
                 cells += [
                     Cell(
@@ -294,12 +309,14 @@ def evaluate_table(
                     )
                     continue
                 value = read_metric(result.metrics, m, row.part)
+                ci = read_interval(result.metrics, m, row.part)
                 cells.append(
                     Cell(
                         metric=m,
                         expected=expected[m],
                         measured=value,
-                        status=_status(expected[m], value, row.tolerance, context.mode),
+                        ci95=ci,
+                        status=_status(expected[m], value, row.tolerance, context.mode, ci),
                         note=result.meta.get("subset") or "",
                         eval_dir=str(eval_dir),
                         instances=result.meta.get("instances"),
@@ -307,7 +324,14 @@ def evaluate_table(
                         **base,
                     )
                 )
+            if result.resampler is not None and not row.submission_only:
+                resamplers[(row.label, column.id)] = result.resampler
     floors = row_floors(table, context, say) if context.floor and cells else {}
+    if model_pairs(table):
+        say(f"[{table.name}] paired Δ over {context.bootstrap} image resamples")
+    deltas = compute_paired_deltas(
+        table, resamplers, num_resamples=context.bootstrap, seed=context.bootstrap_seed
+    )
     return TableRun(
         table=table,
         context=context,
@@ -315,7 +339,20 @@ def evaluate_table(
         checkpoints=checkpoints,
         seconds=time.perf_counter() - start,
         floors=floors,
+        deltas=deltas,
     )
+
+
+def _resampler_from_files(row: TableRow, eval_dir: Path, context: RunContext) -> Any:
+    """A torchrun cell's Resampler, rebuilt from the predictions.json it wrote (the whole
+    split only: a --max-instances cap cuts the ground truth in memory)."""
+    from posebh.compare import CompareInputs, resampler_of
+
+    if context.max_instances is not None or not (eval_dir / "predictions.json").is_file():
+        return None
+    spec = row_spec(row, context)
+    gt_file = Path(spec.gt_file) if spec.gt_file else None
+    return resampler_of(eval_dir, CompareInputs(row.dataset, Path(spec.ann_file), gt_file))[1]
 
 
 def _torchrun_cell(row: TableRow, path: Path, eval_dir: Path, context: RunContext) -> Any:
@@ -326,7 +363,8 @@ def _torchrun_cell(row: TableRow, path: Path, eval_dir: Path, context: RunContex
         row, path, context.data_root, eval_dir, ranks=context.gpus,
         device=context.device or "cuda", batch_size=context.batch_size,
         decode_backend=context.decode_backend, max_instances=context.max_instances,
-        progress=context.progress,
+        progress=context.progress, bootstrap=context.bootstrap,
+        bootstrap_seed=context.bootstrap_seed,
     )  # fmt: skip
     return evaluate_with_torchrun(cmd)
 
@@ -375,14 +413,24 @@ def row_floors(
     return floors
 
 
-def _status(expected: float | None, measured: float | None, tol: float, mode: str) -> str:
+def _status(
+    expected: float | None,
+    measured: float | None,
+    tol: float,
+    mode: str,
+    ci95: tuple[float, float] | None = None,
+) -> str:
+    """ "pass" (consistent): the published value lies inside the measured 95 % interval
+    widened by the row's tolerance (without an interval: within the tolerance of the
+    measured value); "fail" otherwise."""
     if measured is None:
         return "not run"
     if mode == "synthetic":
         return "synthetic"
     if expected is None:
         return "measured"
-    return "pass" if abs(measured - expected) <= tol + 1e-9 else "fail"
+    lo, hi = ci95 if ci95 is not None else (measured, measured)
+    return "pass" if lo - tol - 1e-9 <= expected <= hi + tol + 1e-9 else "fail"
 
 
 # ------------------------------------------------------------------------------------------
@@ -403,6 +451,17 @@ def _cell_text(c: Cell, verdict: str | None = None) -> str:
     return text + " (at floor)" if verdict == "not above floor" else text
 
 
+def interval_text(ci95: tuple[float, float] | None, digits: int = 1) -> str:
+    """``[1.2, 2.4]``; empty when there is no interval."""
+    return "" if ci95 is None else f"[{ci95[0]:.{digits}f}, {ci95[1]:.{digits}f}]"
+
+
+def measured_text(c: Cell) -> str:
+    """The measured part of a cell's text: value and interval (the figure writes the same)."""
+    digits = _digits(c.metric)
+    return " ".join(t for t in (_fmt(c.measured, digits), interval_text(c.ci95, digits)) if t)
+
+
 def _cell_value_text(c: Cell) -> str:
     digits = _digits(c.metric)
     if c.status == "not run":
@@ -410,24 +469,31 @@ def _cell_value_text(c: Cell) -> str:
     if c.status == "submission":
         return f"{_fmt(c.expected, digits)} / server"
     if c.status == "synthetic":
-        return f"{_fmt(c.expected, digits)} / syn {_fmt(c.measured, digits)}"
+        return f"{_fmt(c.expected, digits)} / syn {measured_text(c)}"
     if c.status == "measured":
-        return f"– / {_fmt(c.measured, digits)}"
+        return f"– / {measured_text(c)}"
     mark = "✓" if c.status == "pass" else "✗"
     d = c.delta or 0.0
-    return f"{_fmt(c.expected, digits)} / {_fmt(c.measured, digits)} ({d:+.{digits}f} {mark})"
+    return f"{_fmt(c.expected, digits)} / {measured_text(c)} ({d:+.{digits}f} {mark})"
+
+
+def delta_header(baseline_label: str, model_label: str) -> str:
+    return f"Δ {model_label} − {baseline_label} [95 % CI]"
 
 
 def wide_table(run: TableRun, tablefmt: str = "github") -> str:
-    """Rows × models, each cell 'published / measured (Δ ✓/✗)'."""
+    """Rows × models, each cell 'published / measured [interval] (Δ ✓/✗)', then the paired
+    Δ columns (PoseBH − ViTPose++ of the same size) and the floor."""
     from tabulate import tabulate
 
     models = [m for m in run.table.models if any(c.model == m.id for c in run.cells)]
+    pairs = [(a, b) for a, b in model_pairs(run.table) if a in models and b in models]
     keys: list[tuple[str, str]] = []
     for c in run.cells:
         if (c.row, c.metric) not in keys:
             keys.append((c.row, c.metric))
     by = {(c.row, c.metric, c.model): c for c in run.cells}
+    deltas = deltas_by_key(run.deltas)
     body = []
     for row, metric in keys:
         line = [row, metric] + [
@@ -436,10 +502,12 @@ def wide_table(run: TableRun, tablefmt: str = "github") -> str:
             else ""
             for m in models
         ]
+        line += [delta_text(deltas.get((row, metric, b.id)), _digits(metric)) for _, b in pairs]
         if run.floors:
             line.append(_fmt(run.floor_of(row, metric), _digits(metric)))
         body.append(line)
     headers = ["dataset split", "metric"] + [m.label for m in models]
+    headers += [delta_header(a.label, b.label) for a, b in pairs]
     return tabulate(
         body,
         headers=headers + ([FLOOR_LABEL] if run.floors else []),
@@ -481,6 +549,7 @@ def long_table(run: TableRun, tablefmt: str = "github") -> str:
             c.model_label,
             _fmt(c.expected, 2),
             _fmt(c.measured, 2),
+            interval_text(c.ci95, 2),
             _fmt(c.delta, 2),
             c.tolerance,
             c.status,
@@ -496,6 +565,7 @@ def long_table(run: TableRun, tablefmt: str = "github") -> str:
             "model",
             "published",
             "measured",
+            "95 % CI",
             "Δ",
             "tol",
             "status",
@@ -547,6 +617,7 @@ def headline(run: TableRun) -> list[str]:
             f"{FLOOR_LABEL}: each row's train-split mean pose placed in the row's boxes and "
             "scored the same way, no model (posebh eval --mean-pose-floor train)"
         )
+    lines.append(bootstrap_line(run))
     boxes = sorted(
         {f"{DISPLAY_NAMES.get(r.dataset, r.dataset)} {r.split}: {r.boxes}" for r in t.rows}
     )
@@ -555,6 +626,18 @@ def headline(run: TableRun) -> list[str]:
     versions = ", ".join(f"{k} {v}" for k, v in prov["versions"].items())
     lines.append(f"commit {prov['commit'] or 'unknown'}; {versions}")
     return lines
+
+
+def bootstrap_line(run: TableRun) -> str:
+    """What the intervals are."""
+    n, seed = run.context.bootstrap, run.context.bootstrap_seed
+    if n < 1:
+        return "intervals: none (--bootstrap 0)"
+    return (
+        f"intervals: [lo, hi] = percentile 95 % interval over {n} resamples of each row's "
+        f"evaluation images (seed {seed}); Δ columns paired (the same resamples for both "
+        "models), * = the interval of Δ excludes 0"
+    )
 
 
 def cap_line(run: TableRun) -> str:
@@ -610,6 +693,13 @@ def run_to_dict(run: TableRun, extra: Mapping[str, Any] | None = None) -> dict[s
             {"row": row, "metric": metric, "value": value, "source": source}
             for (row, metric), (value, source) in run.floors.items()
         ],
+        "bootstrap": {
+            "resamples": ctx.bootstrap,
+            "seed": ctx.bootstrap_seed,
+            "unit": "image",
+            "interval": "percentile 95 %",
+        },
+        "deltas": [dict(dataclasses.asdict(d), excludes_zero=d.excludes_zero) for d in run.deltas],
         "checkpoints": run.checkpoints,
         "eval_seconds": round(run.seconds, 2),
         "provenance": provenance(extra),
@@ -635,9 +725,11 @@ def write_run(
     md += [
         f"- hardware {prov['hardware']}",
         "",
-        "Cells: published / measured (Δ, ✓ within the tolerance, ✗ outside)."
+        "Cells: published / measured [95 % interval] (measured − published; ✓ consistent: "
+        "the published value lies inside the interval widened by the row's tolerance, ✗ not)."
         if run.context.mode != "synthetic"
-        else "Cells: published / syn measured-on-SynthPose (no Δ: not comparable).",
+        else "Cells: published / syn measured-on-SynthPose [95 % interval] (not comparable "
+        "with the published value). The Δ columns compare the two measured models, paired.",
         "",
         wide_table(run),
         "",
@@ -660,10 +752,14 @@ def _plots(run: TableRun, out: Path) -> dict[str, Path]:
         return {}
     cells = [
         {
-            "row": f"{c.row} {c.metric}",
+            "panel": c.row,
+            "row": c.metric,
             "model": c.model_label,
             "expected": c.expected,
             "measured": c.measured,
+            "ci95": c.ci95,
+            "expected_text": _fmt(c.expected, _digits(c.metric)),
+            "measured_text": measured_text(c),
             "measured_kind": "synthetic" if run.context.mode == "synthetic" else "real",
         }
         for c in run.cells

@@ -40,6 +40,8 @@ def eval_command(
     decode_backend: str = "auto",
     max_instances: int | None = None,
     progress: bool = True,
+    bootstrap: int = 0,
+    bootstrap_seed: int = 0,
 ) -> list[str]:
     """The ``torchrun ... posebh.cli eval`` command of one cell (see the module)."""
     cmd = [
@@ -51,6 +53,7 @@ def eval_command(
         "--as-single-dataset", get_protocol(row.dataset).eval_expert,
         "--device", device, "--batch-size", str(batch_size),
         "--decode-backend", decode_backend, "--out", str(out_dir),
+        "--bootstrap", str(bootstrap), "--bootstrap-seed", str(bootstrap_seed),
     ]  # fmt: skip
     if max_instances is not None:
         cmd += ["--max-instances", str(max_instances)]

@@ -30,7 +30,9 @@ __all__ = [
     "Table",
     "TableError",
     "TableRow",
+    "flat_metric_name",
     "load_table",
+    "read_interval",
     "read_metric",
 ]
 
@@ -215,6 +217,25 @@ def _toml_error(where: str, text: str, err: Exception) -> str:
         "double quotes, [[models]] / [[rows]] headers; posebh/reproduce/tables/table1.toml "
         "is a complete example)"
     )
+
+
+def flat_metric_name(metric: str, part: str | None = None) -> str:
+    """The flat name of a table metric in ``posebh.evaluate``'s metrics (``"wholebody/AP"``),
+    as ``ci95`` and the bootstrap name them."""
+    path, _ = METRIC_READERS[metric]
+    return "/".join([*([part] if part else []), *path])
+
+
+def read_interval(
+    metrics: Mapping[str, Any], name: str, part: str | None = None
+) -> tuple[float, float] | None:
+    """The 95 % interval of ``name`` (``metrics["ci95"]``, ``posebh eval --bootstrap``) in the
+    table's unit; None when not bootstrapped or undefined."""
+    ci = metrics.get("ci95", {}).get(flat_metric_name(name, part))
+    factor = METRIC_READERS[name][1]
+    if not ci or ci[0] is None or ci[1] is None:
+        return None
+    return (float(ci[0]) * factor, float(ci[1]) * factor)
 
 
 def read_metric(metrics: Mapping[str, Any], name: str, part: str | None = None) -> float | None:
