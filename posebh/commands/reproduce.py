@@ -11,6 +11,7 @@ import sys
 from collections.abc import Mapping
 from pathlib import Path
 
+from posebh.evaluation.bootstrap import DEFAULT_RESAMPLES
 from posebh.reproduce import ablations
 from posebh.reproduce.run import TableOptions, link_latest, run_id, run_table
 from posebh.reproduce.tables import TABLE_NAMES, load_table
@@ -154,6 +155,15 @@ def _add_table_arguments(p: argparse.ArgumentParser) -> None:
         help="evaluate (and floor) only the first N instances of every row, in file order; "
         "the reports say so (a smoke run on real-size files, not a result)",
     )
+    p.add_argument(
+        "--bootstrap",
+        type=int,
+        default=DEFAULT_RESAMPLES,
+        metavar="N",
+        help=f"image resamples behind every interval and paired Δ (default {DEFAULT_RESAMPLES}"
+        "; 0: none)",
+    )
+    p.add_argument("--bootstrap-seed", type=int, default=0, help="resampling seed")
 
 
 def _cmd_table(args: argparse.Namespace) -> int:
@@ -176,6 +186,8 @@ def _cmd_table(args: argparse.Namespace) -> int:
         floor=not args.no_floor,
         progress=not args.no_progress,
         max_instances=args.max_instances,
+        bootstrap=args.bootstrap,
+        bootstrap_seed=args.bootstrap_seed,
     )
     outcome = run_table(args.table, options)
     failed = outcome.run.failed() if outcome.run is not None else []

@@ -28,6 +28,7 @@ from typing import Any
 
 import torch
 
+from posebh.evaluation.bootstrap import DEFAULT_RESAMPLES
 from posebh.reproduce.harness import (
     RunContext,
     TableRun,
@@ -67,6 +68,8 @@ class TableOptions:
     plots: bool = True
     floor: bool = True  # the no-model floor column (train mean pose per row)
     max_instances: int | None = None  # evaluate the first N instances of every row only
+    bootstrap: int = DEFAULT_RESAMPLES  # image resamples of every interval and Δ (0: none)
+    bootstrap_seed: int = 0
     progress: bool = True
     command: str | None = None  # recorded in results.json (None: this process's argv)
 
@@ -148,6 +151,8 @@ def run_table(
         floor=o.floor,
         max_instances=o.max_instances,
         gpus=_eval_ranks(o),
+        bootstrap=o.bootstrap,
+        bootstrap_seed=o.bootstrap_seed,
     )
     if o.gpus is not None and o.gpus > 1 and context.gpus == 1 and context.mode == "real":
         log(f"--gpus {o.gpus}: evaluating on the CPU in this process (ranks need CUDA)")
