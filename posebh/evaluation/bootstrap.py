@@ -35,6 +35,8 @@ __all__ = [
     "Resampler",
     "bootstrap",
     "paired_bootstrap",
+    "percentile_interval",
+    "replicates",
     "resample_counts",
 ]
 
@@ -126,6 +128,20 @@ def _replicates(
         for out, r in zip(batches, resamplers, strict=True):
             out.append(np.asarray(r.values(counts), dtype=np.float64))
     return [np.concatenate(b, axis=0) for b in batches]
+
+
+def replicates(
+    resampler: Resampler, num_resamples: int, seed: int, *, progress: bool = False
+) -> np.ndarray:
+    """[N, M] the metrics on each of the N resamples (NaN where undefined): for statistics
+    built from several independent image sets (a mean over datasets)."""
+    return _replicates([resampler], num_resamples, seed, progress)[0]
+
+
+def percentile_interval(samples: np.ndarray) -> list[float | None]:
+    """Percentile 95 % interval of [N] replicates (NaNs left out; [None, None] if none)."""
+    (ci,), _ = _interval(np.asarray(samples, dtype=np.float64)[:, None])
+    return ci
 
 
 def _interval(samples: np.ndarray) -> tuple[list[float | None], int]:
