@@ -14,6 +14,10 @@ Semantics are those of ``mmpose/core/evaluation/top_down_eval.py`` (0.x) and
   while negative entries are replaced by 1e6 (so they do not mask). The official
   ``_calc_distances`` performs that replacement on the caller's array; these functions compute
   the same values on a copy and never modify their arguments.
+
+Per-image bootstrap (:mod:`posebh.evaluation.bootstrap`): :func:`pck_auc_epe_resampler`,
+:func:`nme_resampler` and :func:`mpjpe_resampler` recompute these metrics on resampled image
+multisets, bit for bit as the functions above would on the duplicated instances.
 """
 
 from __future__ import annotations
