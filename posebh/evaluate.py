@@ -310,9 +310,10 @@ def score_records(
             )
         order = np.argsort([int(inst.extras.get("index", i)) for i, inst in enumerate(instances)])
         gt_mat: Any = _subset_ground_truth(spec, instances) if subset else spec.gt_file
+        metrics = pckh(preds[order], gt_mat)
         if resample:
-            return pckh_resampler(preds[order], gt_mat, image_ids[order])
-        return pckh(preds[order], gt_mat), None
+            return metrics, pckh_resampler(preds[order], gt_mat, image_ids[order])
+        return metrics, None
     if protocol.metric == "pck_auc_epe":
         gt = np.stack([np.asarray(inst.keypoints)[:, :2] for inst in instances])
         mask = np.stack([np.asarray(inst.keypoints)[:, 2] > 0 for inst in instances])

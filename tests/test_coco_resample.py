@@ -99,8 +99,8 @@ def test_identity_resample_is_pycocotools_bit_for_bit(seed: int) -> None:
     np.testing.assert_array_equal(ours, np.asarray(ev.stats))
     np.testing.assert_array_equal(matches.stats(np.ones(60, dtype=int))[0], ours)
     precision, recall = matches.accumulate()
-    np.testing.assert_array_equal(precision[0], ev.eval["precision"][:, :, 0, :, 0])
-    np.testing.assert_array_equal(recall[0], ev.eval["recall"][:, 0, :, 0])
+    np.testing.assert_array_equal(precision[0], ev.eval["precision"][..., 0])
+    np.testing.assert_array_equal(recall[0], ev.eval["recall"][..., 0])
 
 
 @pytest.mark.parametrize("seed", [3, 4, 5, 6])
@@ -113,9 +113,8 @@ def test_multiset_equals_pycocotools_on_duplicated_images(seed: int) -> None:
         dup = _cocoeval(*_duplicated(gt, dets, c))
         np.testing.assert_allclose(row, np.asarray(dup.stats), rtol=0, atol=1e-12)
     precision, recall = matches.accumulate(counts[-1:])
-    np.testing.assert_allclose(precision[0], dup.eval["precision"][:, :, 0, :, 0], rtol=0,
-                               atol=1e-12)  # fmt: skip
-    np.testing.assert_allclose(recall[0], dup.eval["recall"][:, 0, :, 0], rtol=0, atol=1e-12)
+    np.testing.assert_allclose(precision[0], dup.eval["precision"][..., 0], rtol=0, atol=1e-12)
+    np.testing.assert_allclose(recall[0], dup.eval["recall"][..., 0], rtol=0, atol=1e-12)
 
 
 def test_empty_and_degenerate_multisets() -> None:
@@ -203,3 +202,23 @@ def test_identity_on_a_coco_val_size_set() -> None:
     ev = _cocoeval(gt, dets)
     matches = CocoMatches.from_cocoeval(ev)
     np.testing.assert_allclose(matches.stats()[0], ev.stats, rtol=0, atol=1e-12)
+
+
+def test_several_categories_ap10k(fixtures_dir: Path) -> None:
+    """AP-10K keeps one category per species: pycocotools averages over them."""
+    gt = _load(fixtures_dir / "ap10k" / "test_ap10k.json")
+    rng = np.random.default_rng(0)
+    preds = []
+    for a in gt["annotations"]:
+        k = np.asarray(a["keypoints"], dtype=np.float64).reshape(-1, 3)
+        k[:, :2] += rng.normal(0, 6.0, (k.shape[0], 2))
+        k[:, 2] = 1.0
+        preds.append({"image_id": a["image_id"], "category_id": a["category_id"],
+                      "keypoints": k.ravel().tolist(), "score": float(rng.random())})  # fmt: skip
+    assert len({a["category_id"] for a in gt["annotations"]}) > 1
+    sigmas = get_skeleton("ap10k").sigmas_array()
+    stats, r = oks_resampler(gt, preds, sigmas=sigmas)
+    _assert_same(r.values(np.ones((1, r.num_units), dtype=int))[0], _as_nan(stats, r.names))
+    for c in _multisets(r.num_units, seed=4, size=2):
+        dup = oks_eval(*_duplicated(gt, preds, c), sigmas=sigmas)
+        _assert_same(r.values(c[None])[0], _as_nan(dup, r.names))

@@ -65,38 +65,51 @@ class _AreaMatches:
 
 @dataclass(frozen=True)
 class CocoMatches:
-    """Per-image matches of a ``COCOeval`` run (one category, one ``maxDets``; COCO keypoints)."""
+    """Per-image matches of a ``COCOeval`` run (one ``maxDets``: COCO keypoints; K categories,
+    one for persons, one per species for AP-10K / APT-36K)."""
 
     num_images: int
     iou_thrs: np.ndarray  # [T]
     rec_thrs: np.ndarray  # [R]
-    areas: tuple[_AreaMatches, ...]  # [A]
+    areas: tuple[tuple[_AreaMatches, ...], ...]  # [K][A]
 
     @classmethod
     def from_cocoeval(cls, ev) -> CocoMatches:
-        """From a ``COCOeval`` after ``evaluate()`` (keypoints: one category, maxDets [20])."""
+        """From a ``COCOeval`` after ``evaluate()`` (keypoints: maxDets [20])."""
         p = ev.params
         cat_ids = p.catIds if p.useCats else [-1]
-        if len(cat_ids) != 1 or len(p.maxDets) != 1:
-            raise ValueError(
-                f"one category and one maxDets expected (COCO keypoints), got catIds {cat_ids} "
-                f"and maxDets {p.maxDets}"
-            )
-        num_images = len(p.imgIds)
-        entries_of = [ev.evalImgs[a * num_images : (a + 1) * num_images] for a in
-                      range(len(p.areaRng))]  # fmt: skip
-        areas = tuple(_area_matches(e, p.maxDets[0], len(p.iouThrs)) for e in entries_of)
+        if len(p.maxDets) != 1:
+            raise ValueError(f"one maxDets expected (COCO keypoints), got {p.maxDets}")
+        num_images, num_areas = len(p.imgIds), len(p.areaRng)
+
+        def entries(k: int, a: int) -> list:  # pycocotools' evalImgs order: category, area, image
+            start = (k * num_areas + a) * num_images
+            return ev.evalImgs[start : start + num_images]
+
+        areas = tuple(
+            tuple(_area_matches(entries(k, a), p.maxDets[0], len(p.iouThrs))
+                  for a in range(num_areas))
+            for k in range(len(cat_ids))
+        )  # fmt: skip
         thrs = np.asarray(p.iouThrs, dtype=np.float64)
         return cls(num_images, thrs, np.asarray(p.recThrs, dtype=np.float64), areas)
 
     def accumulate(self, counts: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
-        """pycocotools' ``precision`` [B, T, R, A] and ``recall`` [B, T, A] (−1 where undefined)
-        on the multisets ``counts`` [B, I] (None: every image once, B = 1)."""
+        """pycocotools' ``precision`` [B, T, R, K, A] and ``recall`` [B, T, K, A] (−1 where
+        undefined) on the multisets ``counts`` [B, I] (None: every image once, B = 1)."""
         counts = self._check(counts)
         num_b, num_thrs, num_rec = counts.shape[0], self.iou_thrs.size, self.rec_thrs.size
-        precision = -np.ones((num_b, num_thrs, num_rec, len(self.areas)))
-        recall = -np.ones((num_b, num_thrs, len(self.areas)))
-        for a, m in enumerate(self.areas):
+        num_k, num_a = len(self.areas), len(self.areas[0])
+        precision = -np.ones((num_b, num_thrs, num_rec, num_k, num_a))
+        recall = -np.ones((num_b, num_thrs, num_k, num_a))
+        for k in range(num_k):
+            self._accumulate_category(k, counts, precision[:, :, :, k], recall[:, :, k])
+        return precision, recall
+
+    def _accumulate_category(
+        self, k: int, counts: np.ndarray, precision: np.ndarray, recall: np.ndarray
+    ) -> None:
+        for a, m in enumerate(self.areas[k]):
             # pycocotools skips a range whose images all lack an evalImgs entry, or without GT.
             npig = counts @ m.gt_counted
             active = (counts[:, m.has_entry] > 0).any(axis=1) & (npig > 0)
@@ -108,7 +121,6 @@ class CocoMatches:
                 p, r = _accumulate_area(m, counts[rows], npig[rows], self.rec_thrs)
                 precision[rows, :, :, a] = p
                 recall[rows, :, a] = r
-        return precision, recall
 
     def stats(self, counts: np.ndarray | None = None) -> np.ndarray:
         """pycocotools' keypoint ``stats`` [B, 10] (AP, AP50, AP75, AP medium, AP large, AR,
@@ -128,16 +140,16 @@ class CocoMatches:
             return int(np.where(self.iou_thrs == thr)[0][0])  # pycocotools' exact lookup
 
         cols = [
-            mean(precision[:, :, :, 0]),
-            mean(precision[:, at(0.5), :, 0]),
-            mean(precision[:, at(0.75), :, 0]),
-            mean(precision[:, :, :, 1]),
-            mean(precision[:, :, :, 2]),
-            mean(recall[:, :, 0]),
-            mean(recall[:, at(0.5), 0]),
-            mean(recall[:, at(0.75), 0]),
-            mean(recall[:, :, 1]),
-            mean(recall[:, :, 2]),
+            mean(precision[..., 0]),
+            mean(precision[:, at(0.5), ..., 0]),
+            mean(precision[:, at(0.75), ..., 0]),
+            mean(precision[..., 1]),
+            mean(precision[..., 2]),
+            mean(recall[..., 0]),
+            mean(recall[:, at(0.5), ..., 0]),
+            mean(recall[:, at(0.75), ..., 0]),
+            mean(recall[..., 1]),
+            mean(recall[..., 2]),
         ]
         return np.stack(cols, axis=1)
 
@@ -276,7 +288,7 @@ def _stats_resampler(matched: _Matched, stats: Mapping[str, Any], iou_type: str)
             s = matches.stats(counts)[:, [0, 1, 2, 5, 6, 7]]
             # xtcocotools' per-crowd-index split AP: the plain mean of precision (−1 included)
             # over the split's images, rounded to 4 decimals.
-            splits = [np.round(matches.accumulate(counts * mask)[0][..., 0].mean(axis=(1, 2)),
+            splits = [np.round(matches.accumulate(counts * mask)[0][..., 0].mean(axis=(1, 2, 3)),
                                4) for mask in split_of]  # fmt: skip
             return _undefined_as_nan(np.column_stack([s, *splits]))
 
