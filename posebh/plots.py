@@ -16,7 +16,10 @@ from __future__ import annotations
 import itertools
 import math
 import os
+import re
+import textwrap
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -27,9 +30,10 @@ import torch.nn.functional as F
 # Imported here (not in the functions) so a missing matplotlib fails at import, where the
 # harness catches it; none of these select a backend or touch pyplot's global state.
 from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.collections import LineCollection
 from matplotlib.figure import Figure
+from matplotlib.font_manager import FontProperties
 from matplotlib.lines import Line2D
-from matplotlib.patches import Patch
 from torch import Tensor
 
 __all__ = [
@@ -55,10 +59,11 @@ _SIDE_COLOURS = {"left": "#00c800", "right": "#ff8000", "centre": "#3399ff"}
 _EXPECTED_COLOUR = "#7f7f7f"
 _MEASURED_COLOURS = {"real": "#1f77b4", "synthetic": "#d62728"}
 _MEASURED_KINDS = ("real", "synthetic")
+_DPI = 100
 
 
 def _new_figure(figsize: tuple[float, float]) -> Figure:
-    fig = Figure(figsize=figsize, dpi=100)
+    fig = Figure(figsize=figsize, dpi=_DPI)
     FigureCanvasAgg(fig)
     return fig
 
@@ -79,12 +84,35 @@ def _save(fig: Figure, path: str | os.PathLike[str]) -> Path:
 # Expected vs measured
 # ------------------------------------------------------------------------------------------
 
+_MAX_INCHES = 16.0  # 1600 px at _DPI, on either side
+_MAX_PANELS = 12
+_FONT_SIZES = (8.0, 7.5, 7.0, 6.5, 6.0)  # tried in turn until the figure fits
+_MARGIN = 0.15  # inches, around the figure and between bands
+_COL_GAP = 0.3  # inches between two panels side by side
+_ROW_GAP = 0.15  # inches between two rows of panels
+_NUMBER = re.compile(r"\d+\.(\d+)")
+
+
+@dataclass
+class _Line:
+    """One (row, model) of a panel: what is drawn and the text written beside it."""
+
+    label: str
+    expected: float | None
+    measured: float
+    ci95: tuple[float, float] | None
+    expected_text: str
+    measured_text: str
+    kind: str
+
 
 def _check_cells(cells: Sequence[Mapping[str, Any]]) -> None:
     if not cells:
-        raise ValueError("no cells to plot: pass at least one {row, model, expected, measured}")
+        raise ValueError(
+            "no cells to plot: pass at least one {panel, row, model, expected, measured}"
+        )
     for i, c in enumerate(cells):
-        missing = {"row", "model", "measured_kind"} - set(c)
+        missing = {"panel", "row", "model", "measured_kind"} - set(c)
         if missing:
             raise ValueError(f"cell {i} lacks {sorted(missing)}: {dict(c)}")
         # No default for the kind: silently treating a synthetic number as real is the one
@@ -98,6 +126,249 @@ def _check_cells(cells: Sequence[Mapping[str, Any]]) -> None:
             v = c.get(key)
             if v is not None and not math.isfinite(float(v)):
                 raise ValueError(f"cell {i}: {key} = {v!r}; use None for a missing value")
+        ci = c.get("ci95")
+        if ci is not None:
+            ok = isinstance(ci, Sequence) and not isinstance(ci, str) and len(ci) == 2
+            if not ok or not all(math.isfinite(float(v)) for v in ci) or ci[0] > ci[1]:
+                raise ValueError(
+                    f"cell {i}: ci95 = {ci!r}; give a pair (lo, hi) of finite numbers with "
+                    "lo <= hi, or None"
+                )
+        for key in ("expected_text", "measured_text"):
+            if key in c and not isinstance(c[key], str):
+                raise ValueError(f"cell {i}: {key} = {c[key]!r}; give the table's cell text")
+
+
+def _measured_text(c: Mapping[str, Any]) -> str:
+    if "measured_text" in c:
+        return c["measured_text"]
+    text = f"{float(c['measured']):.1f}"
+    if c.get("ci95") is not None:
+        lo, hi = c["ci95"]
+        text += f" [{float(lo):.1f}, {float(hi):.1f}]"
+    return text
+
+
+def _expected_text(c: Mapping[str, Any]) -> str:
+    if "expected_text" in c:
+        return c["expected_text"]
+    return "–" if c.get("expected") is None else f"{float(c['expected']):.1f}"
+
+
+def _group(cells: Sequence[Mapping[str, Any]]) -> tuple[dict[str, list[_Line]], list[str]]:
+    """Drawn lines per panel (first-appearance order) and the not-run entries of the
+    footnote ("PoseBH-B on COCO test-dev", with the rows when only some did not run)."""
+    last: dict[tuple[str, str, str], Mapping[str, Any]] = {}
+    for c in cells:
+        # A repeated (panel, row, model) keeps its last value, as a dict update would.
+        last[(str(c["panel"]), str(c["row"]), str(c["model"]))] = c
+    panels: dict[str, list[_Line]] = {}
+    not_run: dict[tuple[str, str], list[str]] = {}
+    ran: set[tuple[str, str]] = set()
+    for (panel, row, model), c in last.items():
+        if c.get("measured") is None:
+            not_run.setdefault((model, panel), []).append(row)
+            continue
+        ran.add((model, panel))
+        ci = c.get("ci95")
+        line = _Line(
+            label=f"{row} · {model}",
+            expected=None if c.get("expected") is None else float(c["expected"]),
+            measured=float(c["measured"]),
+            ci95=None if ci is None else (float(ci[0]), float(ci[1])),
+            expected_text=_expected_text(c),
+            measured_text=_measured_text(c),
+            kind=c["measured_kind"],
+        )
+        panels.setdefault(panel, []).append(line)
+    notes = [
+        f"{model} on {panel}" + (f" ({', '.join(rows)})" if (model, panel) in ran else "")
+        for (model, panel), rows in not_run.items()
+    ]
+    return panels, notes
+
+
+def _ticks(
+    lo: float, hi: float, decimals: int, most: int
+) -> tuple[tuple[float, float], list[tuple[float, str]]]:
+    """x limits and at most ``most`` (>= 2) round ticks, labelled with no more decimals than
+    the caller's own texts carry (a tick reading 77.25 beside "77.3" would be a finer number
+    than the table claims)."""
+    unit = 10.0**-decimals
+    if hi - lo < 2 * unit:
+        centre = (lo + hi) / 2
+        lo, hi = centre - unit, centre + unit
+    pad = 0.08 * (hi - lo)
+    lo, hi = lo - pad, hi + pad
+    for k in itertools.count(-decimals):
+        for m in (1, 2, 5):
+            step = m * 10.0**k
+            first, last = math.ceil(lo / step), math.floor(hi / step)
+            if last - first + 1 <= most:
+                ticks = [(i * step, f"{i * step:.{max(0, -k)}f}") for i in range(first, last + 1)]
+                return (lo, hi), ticks
+    raise AssertionError("unreachable")
+
+
+class _Measure:
+    """Text sizes in inches at the figure's dpi, before anything is placed."""
+
+    def __init__(self, fig: Figure) -> None:
+        self.fig = fig
+        self.renderer = fig.canvas.get_renderer()
+        self._widths: dict[tuple[str, float, str], float] = {}
+
+    def width(self, text: str, size: float, weight: str = "normal") -> float:
+        key = (text, size, weight)
+        if key not in self._widths:  # the fitting loop asks for the same texts again
+            prop = FontProperties(size=size, weight=weight)
+            w, _, _ = self.renderer.get_text_width_height_descent(text, prop, ismath=False)
+            self._widths[key] = w / self.fig.dpi
+        return self._widths[key]
+
+    def extent(self, artist: Any) -> tuple[float, float]:
+        box = artist.get_window_extent(self.renderer)
+        return box.width / self.fig.dpi, box.height / self.fig.dpi
+
+
+@dataclass
+class _Grid:
+    """Sizes (inches) of one layout of the panels at one font size."""
+
+    size: float
+    ncols: int
+    label_w: float
+    plot_w: float
+    expected_w: float
+    measured_w: float
+    line_h: float
+    title_h: float
+    tick_h: float
+    row_heights: list[float]
+
+    @property
+    def panel_w(self) -> float:
+        return self.label_w + self.plot_w + self.expected_w + self.measured_w
+
+    @property
+    def width(self) -> float:
+        return self.ncols * self.panel_w + (self.ncols - 1) * _COL_GAP
+
+    @property
+    def height(self) -> float:
+        return sum(self.row_heights) + (len(self.row_heights) - 1) * _ROW_GAP
+
+
+def _grid(panels: dict[str, list[_Line]], size: float, measure: _Measure) -> _Grid:
+    lines = [line for group in panels.values() for line in group]
+    ncols = 1 if len(panels) == 1 else 2 if len(panels) <= 6 else 3
+    gap = size * 1.2 / 72  # a space between columns, at least one em wide
+    label_w = max(measure.width(x.label, size) for x in lines) + gap
+    expected_w = max(measure.width(x.expected_text, size) for x in lines) + 2 * gap
+    measured_w = max(measure.width(x.measured_text, size) for x in lines) + gap
+    title_w = max(measure.width(p, size + 1, "bold") for p in panels)
+    fixed = label_w + expected_w + measured_w
+    room = (_MAX_INCHES - 2 * _MARGIN - (ncols - 1) * _COL_GAP) / ncols - fixed
+    plot_w = max(1.4, min(2.6, room), title_w - fixed)
+    line_h = size * 2.0 / 72
+    counts = [len(g) for g in panels.values()]
+    tick_h = (7.0 + size * 1.4) / 72  # tick length + pad + one line of tick labels
+    title_h = (size + 1) * 1.8 / 72
+    rows = [max(counts[i : i + ncols]) for i in range(0, len(counts), ncols)]
+    heights = [title_h + n * line_h + tick_h for n in rows]
+    return _Grid(size, ncols, label_w, plot_w, expected_w, measured_w, line_h, title_h,
+                 tick_h, heights)  # fmt: skip
+
+
+def _fit_text(measure: _Measure, text: str, size: float, width: float) -> str:
+    """``text`` wrapped onto as few lines as keep it within ``width`` inches."""
+    wrapped = text
+    for chars in range(len(text), 10, -1):
+        wrapped = "\n".join(textwrap.wrap(text, chars)) or text
+        if all(measure.width(s, size) <= width for s in wrapped.split("\n")):
+            break
+    return wrapped
+
+
+def _footnote(measure: _Measure, notes: list[str], hidden: list[str], width: float) -> str:
+    """One line: the cells that did not run (truncated with a count), then what did not fit."""
+    text = ""
+    for shown in range(len(notes), -1, -1) if notes else ():
+        more = len(notes) - shown
+        listed = ", ".join([*notes[:shown], *([f"… {more} more"] if more else [])])
+        text = "not run: " + listed
+        if measure.width(text, 7.0) <= width:
+            break
+    return "   ".join([t for t in (text, *hidden) if t])
+
+
+@dataclass
+class _Layout:
+    """One candidate figure: its size (inches), panel grid and figure-level texts."""
+
+    fig_w: float
+    fig_h: float
+    grid: _Grid | None
+    bands: list[tuple[Any, float]]  # (warning | title | legend, height), top to bottom
+    footer: Any
+
+    @property
+    def fits(self) -> bool:
+        return self.fig_w <= _MAX_INCHES and self.fig_h <= _MAX_INCHES
+
+    def remove(self) -> None:
+        """Takes this candidate's texts off the figure (not the warning: made once)."""
+        for artist, _ in self.bands[-2:]:
+            artist.remove()
+        self.footer.remove()
+
+
+def _layout(
+    fig: Figure,
+    measure: _Measure,
+    panels: dict[str, list[_Line]],
+    size: float,
+    *,
+    title: str,
+    measured_label: str,
+    warning: Any,
+    footnote: tuple[list[str], list[str]],
+) -> _Layout:
+    grid = _grid(panels, size, measure) if panels else None
+    bands: list[tuple[Any, float]] = []
+    if warning is not None:
+        bands.append((warning, measure.extent(warning)[1]))
+    fig_w = 2 * _MARGIN + max(
+        grid.width if grid else 4.0, measure.extent(bands[0][0])[0] if bands else 0.0
+    )
+    inner = min(fig_w, _MAX_INCHES) - 2 * _MARGIN
+    head = fig.text(0.5, 1.0, _fit_text(measure, title, 12.0, inner), fontsize=12.0,
+                    ha="center", va="top", parse_math=False)  # fmt: skip
+    bands.append((head, measure.extent(head)[1]))
+    handles = [Line2D([], [], marker="D", color=_EXPECTED_COLOUR, linestyle="none",
+                      label="published (expected)")]  # fmt: skip
+    lines = [x for group in panels.values() for x in group]
+    for kind in sorted({x.kind for x in lines}):
+        label = measured_label + (" — SYNTHETIC world" if kind == "synthetic" else "")
+        handles.append(Line2D([], [], **_measured_style(kind), linestyle="none", label=label))
+    if any(x.ci95 for x in lines):
+        handles.append(Line2D([], [], color="black", marker="|", label="95 % interval"))
+    for ncol in range(len(handles), 0, -1):  # as many entries side by side as fit
+        legend = fig.legend(handles=handles, loc="upper center", ncol=ncol, fontsize=size,
+                            frameon=False, borderaxespad=0.0)  # fmt: skip
+        if measure.extent(legend)[0] <= inner or ncol == 1:
+            break
+        legend.remove()
+    bands.append((legend, measure.extent(legend)[1]))
+    text = _footnote(measure, *footnote, inner)
+    if not panels:
+        text = "nothing measured: no cell has a measured value   " + text
+    footer = fig.text(0.0, 0.0, text, fontsize=7.0, color="#404040", va="bottom",
+                      parse_math=False)  # fmt: skip
+    foot_h = measure.extent(footer)[1] + _MARGIN
+    top_h = _MARGIN + sum(h + _MARGIN for _, h in bands)
+    fig_h = top_h + (grid.height if grid else 0.3) + foot_h + _MARGIN
+    return _Layout(fig_w, fig_h, grid, bands, footer)
 
 
 def _figure_expected_vs_measured(
@@ -108,116 +379,141 @@ def _figure_expected_vs_measured(
 ) -> Figure:
     """The figure of :func:`plot_expected_vs_measured`, not yet saved (for tests)."""
     _check_cells(cells)
-    groups: dict[tuple[str, str], Mapping[str, Any]] = {}
-    for c in cells:
-        # A repeated (row, model) keeps its last value, as a dict update would.
-        groups[(str(c["row"]), str(c["model"]))] = c
-    keys = list(groups)
     synthetic = any(c["measured_kind"] == "synthetic" for c in cells)
-    values = [
-        float(v)
-        for c in groups.values()
-        for v in (c.get("expected"), c.get("measured"))
-        if v is not None
-    ]
-    top = max([*values, 0.0]) or 1.0
-    bottom = min([*values, 0.0])
-
-    n = len(keys)
-    fig = _new_figure((10.0, 1.6 + 0.75 * n + (0.8 if synthetic else 0.0)))
-    ax = fig.add_subplot(1, 1, 1)
-    height = 0.38
-    missing_x = 0.0
-    missing_drawn = False
-    for i, key in enumerate(keys):
-        c = groups[key]
-        y = n - 1 - i  # the first cell on top
-        kind = c["measured_kind"]
-        for offset, value, colour, hatch in (
-            (height / 2, c.get("expected"), _EXPECTED_COLOUR, None),
-            (
-                -height / 2,
-                c.get("measured"),
-                _MEASURED_COLOURS[kind],
-                "//" if kind == "synthetic" else None,
-            ),
-        ):
-            if value is None:
-                ax.plot(
-                    [missing_x],
-                    [y + offset],
-                    marker="x",
-                    color="black",
-                    markersize=8,
-                    linestyle="none",
-                )
-                ax.annotate(
-                    "missing",
-                    (missing_x, y + offset),
-                    xytext=(8, 0),
-                    textcoords="offset points",
-                    va="center",
-                    fontsize=8,
-                    color="black",
-                )
-                missing_drawn = True
-                continue
-            value = float(value)
-            ax.barh(
-                y + offset,
-                value,
-                height=height,
-                color=colour,
-                hatch=hatch,
-                edgecolor="white" if hatch else colour,
-            )
-            ax.annotate(
-                f"{value:g}",
-                (value, y + offset),
-                xytext=(3 if value >= 0 else -3, 0),
-                textcoords="offset points",
-                va="center",
-                ha="left" if value >= 0 else "right",
-                fontsize=8,
-            )
-    ax.set_yticks(range(n))
-    ax.set_yticklabels([f"{row}\n{model}" for row, model in reversed(keys)], fontsize=8)
-    ax.set_ylim(-0.7, n - 0.3)
-    span = top - bottom
-    ax.set_xlim(bottom - (0.05 * span if bottom < 0 else 0.0), top + 0.15 * span)
-    ax.axvline(0.0, color="black", linewidth=0.6)
-    ax.grid(axis="x", alpha=0.3)
-
-    kinds = sorted({c["measured_kind"] for c in groups.values()})
-    handles: list[Any] = [Patch(color=_EXPECTED_COLOUR, label="expected (published)")]
-    for kind in kinds:
-        label = measured_label + (" — SYNTHETIC world" if kind == "synthetic" else "")
-        handles.append(
-            Patch(
-                facecolor=_MEASURED_COLOURS[kind],
-                hatch="//" if kind == "synthetic" else None,
-                edgecolor="white",
-                label=label,
-            )
-        )
-    if missing_drawn:
-        handles.append(
-            Line2D([], [], marker="x", color="black", linestyle="none", label="missing value")
-        )
-    ax.legend(handles=handles, loc="lower right", fontsize=8, framealpha=0.9)
+    panels, notes = _group(cells)
+    texts = [x.expected_text + " " + x.measured_text for g in panels.values() for x in g]
+    decimals = max([len(d) for t in texts for d in _NUMBER.findall(t)], default=0)
+    fig = _new_figure((8.0, 6.0))
+    measure = _Measure(fig)
+    warning = None
     if synthetic:
-        ax.set_title(title, fontsize=11)
-        # Two lines so the warning fits the width in big letters.
-        fig.suptitle(
-            SYNTHETIC_WARNING.replace(" — ", " —\n"),
+        warning = fig.suptitle(
+            SYNTHETIC_WARNING.replace(" — ", " —\n"),  # two lines: big letters, modest width
             fontsize=14,
             fontweight="bold",
-            color="#d62728",
+            color=_MEASURED_COLOURS["synthetic"],
+            va="top",
         )
-    else:
-        ax.set_title(title, fontsize=12)
-    fig.tight_layout()
+
+    # Fit within 1600 px: smaller fonts first, then fewer panels, then (one panel left)
+    # fewer rows; what is left out is counted in the footnote.
+    shown = dict(itertools.islice(panels.items(), _MAX_PANELS))
+    hidden_rows = 0
+    while True:
+        hidden = [f"… {n} more {what} not shown" for n, what in
+                  ((len(panels) - len(shown), "panels"), (hidden_rows, "rows")) if n]  # fmt: skip
+        for size in _FONT_SIZES:
+            layout = _layout(fig, measure, shown, size, title=title, warning=warning,
+                             measured_label=measured_label, footnote=(notes, hidden))  # fmt: skip
+            if layout.fits:
+                break
+            layout.remove()
+        if layout.fits:
+            break
+        name, lines = next(iter(shown.items()))
+        if len(shown) > 1:
+            shown.popitem()
+        elif len(lines) > 1 and layout.fig_w <= _MAX_INCHES and layout.grid is not None:
+            # Too tall at the smallest font: as many rows fewer as the excess holds.
+            excess = math.ceil((layout.fig_h - _MAX_INCHES) / layout.grid.line_h)
+            keep = max(1, len(lines) - max(1, excess))
+            shown = {name: lines[:keep]}
+            hidden_rows += len(lines) - keep
+        else:  # one row too wide even alone (labels inches long): drawn clipped
+            layout = _layout(fig, measure, shown, _FONT_SIZES[-1], title=title, warning=warning,
+                             measured_label=measured_label, footnote=(notes, hidden))  # fmt: skip
+            layout.fig_w = min(layout.fig_w, _MAX_INCHES)
+            layout.fig_h = min(layout.fig_h, _MAX_INCHES)
+            break
+
+    fig_w, fig_h = layout.fig_w, layout.fig_h
+    fig.set_size_inches(fig_w, fig_h)
+    y = fig_h - _MARGIN  # inches from the bottom, walking down
+    for artist, height in layout.bands:
+        if artist is layout.bands[-1][0]:  # the legend
+            artist.set_bbox_to_anchor((0.5, y / fig_h), transform=fig.transFigure)
+        else:
+            artist.set_position((0.5, y / fig_h))
+        y -= height + _MARGIN
+    layout.footer.set_position((_MARGIN / fig_w, _MARGIN / fig_h))
+    grid = layout.grid
+    if grid is not None:
+        left = _MARGIN + (fig_w - 2 * _MARGIN - grid.width) / 2
+        for i, (name, lines) in enumerate(shown.items()):
+            r, c = divmod(i, grid.ncols)
+            x0 = left + c * (grid.panel_w + _COL_GAP)
+            y0 = y - sum(grid.row_heights[:r]) - r * _ROW_GAP
+            _draw_panel(fig, name, lines, grid, x0, y0, decimals)
     return fig
+
+
+def _measured_style(kind: str) -> dict[str, Any]:
+    # Synthetic: red and another marker shape, so a greyscale print still tells them apart.
+    if kind == "synthetic":
+        return {"marker": "X", "color": _MEASURED_COLOURS[kind], "markersize": 7}
+    return {"marker": "o", "color": _MEASURED_COLOURS[kind], "markersize": 6}
+
+
+def _draw_panel(
+    fig: Figure, name: str, lines: list[_Line], grid: _Grid, x0: float, top: float, decimals: int
+) -> None:
+    """One panel with its top-left corner at (x0, top) inches: the title, then the axes
+    (row labels on its left, the published and measured texts in two columns on its right),
+    then the x tick labels."""
+    fig_w, fig_h = fig.get_size_inches()
+    size = grid.size
+    fig.text(x0 / fig_w, top / fig_h, name, fontsize=size + 1, fontweight="bold",
+             ha="left", va="top", parse_math=False)  # fmt: skip
+    n = len(lines)
+    height = n * grid.line_h
+    bottom = top - grid.title_h - height
+    ax = fig.add_axes(
+        ((x0 + grid.label_w) / fig_w, bottom / fig_h, grid.plot_w / fig_w, height / fig_h),
+        label=name,
+    )
+    ys = [n - 1 - i for i in range(n)]  # the first line on top
+    values = [v for x in lines for v in (x.expected, x.measured, *(x.ci95 or ())) if v is not None]
+    xlim, ticks = _ticks(min(values), max(values), decimals, max(2, int(grid.plot_w / 0.55)))
+    segments = []
+    for y, x in zip(ys, lines, strict=True):
+        if x.expected is not None:
+            ax.plot([x.expected], [y], marker="D", color=_EXPECTED_COLOUR, markersize=5,
+                    linestyle="none", zorder=3)  # fmt: skip
+        ax.plot([x.measured], [y], **_measured_style(x.kind), linestyle="none", zorder=4)
+        if x.ci95 is not None:
+            segments.append(((x.ci95[0], y), (x.ci95[1], y)))
+            ax.plot(x.ci95, [y, y], marker="|", markersize=7, linestyle="none",
+                    color=_MEASURED_COLOURS[x.kind], zorder=2)  # fmt: skip
+        for offset, text, colour in (
+            (grid.expected_w - size * 1.2 / 72, x.expected_text, "#595959"),
+            (grid.expected_w, x.measured_text, _MEASURED_COLOURS[x.kind]),
+        ):
+            # Right-aligned published column, left-aligned measured column, outside the
+            # axes: no marker or whisker can run into them.
+            ax.annotate(
+                text, (1.0, y), xycoords=("axes fraction", "data"), xytext=(offset * 72, 0),
+                textcoords="offset points", ha="right" if text is x.expected_text else "left",
+                va="center", fontsize=size, color=colour, annotation_clip=False,
+                parse_math=False,
+            )  # fmt: skip
+    if segments:
+        # The whiskers as one collection per panel; gid lets a reader (the tests) find them.
+        whiskers = LineCollection(
+            segments,
+            colors=[_MEASURED_COLOURS[x.kind] for x in lines if x.ci95],
+            linewidths=1.2,
+            zorder=2,
+        )
+        whiskers.set_gid("ci95")
+        ax.add_collection(whiskers)
+    ax.set_xlim(*xlim)
+    ax.set_ylim(-0.5, n - 0.5)
+    ax.set_xticks([t for t, _ in ticks], [s for _, s in ticks], fontsize=size)
+    ax.set_yticks(ys, [x.label for x in lines], fontsize=size)
+    ax.tick_params(axis="y", length=0, pad=size * 0.6)
+    ax.tick_params(axis="x", length=3.5, pad=2.0)
+    ax.grid(axis="x", alpha=0.3)
+    ax.set_axisbelow(True)
 
 
 def plot_expected_vs_measured(
@@ -227,14 +523,19 @@ def plot_expected_vs_measured(
     title: str = "expected vs measured",
     measured_label: str = "measured",
 ) -> Path:
-    """Grouped horizontal bars, one group per (row, model): the published (expected) value
-    above the measured one.
+    """Small multiples, one panel per ``panel`` of the cells (a dataset or metric family):
+    one line per (row, model) with the published value (grey diamond) and the measured one
+    (blue dot, or red cross when synthetic) with its 95 % interval as a whisker, and the
+    caller's own cell texts in two columns on the right.
 
-    ``cells``: ``{"row": "COCO val AP", "model": "PoseBH-B", "expected": 77.3 | None,
-    "measured": 3.1 | None, "measured_kind": "synthetic" | "real"}``. A ``None`` value is
-    drawn as an × marked "missing" at 0, never as a zero-length bar. When any cell is
-    synthetic the figure carries :data:`SYNTHETIC_WARNING` as its headline and the measured
-    legend entry says so, and synthetic bars are hatched red. Returns ``path`` (a .png).
+    ``cells``: ``{"panel": "COCO val", "row": "AP", "model": "PoseBH-B", "expected": 77.3 |
+    None, "measured": 3.1 | None, "ci95": (2.0, 4.1) | None, "expected_text": "77.3",
+    "measured_text": "3.1 [2.0, 4.1]", "measured_kind": "synthetic" | "real"}``. The texts
+    are written as given (the report's table text); without them one decimal is used. Cells
+    that did not run (``measured`` None) are not drawn, only named in a footnote. When any
+    cell is synthetic, :data:`SYNTHETIC_WARNING` is the headline. The figure stays within
+    1600 × 1600 px (smaller fonts, then at most 12 panels, the rest counted in the
+    footnote). Returns ``path`` (a .png).
     """
     fig = _figure_expected_vs_measured(cells, title=title, measured_label=measured_label)
     return _save(fig, path)

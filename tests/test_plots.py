@@ -5,13 +5,16 @@ skeleton links, and the command end to end on a SynthPose world with a tiny chec
 from __future__ import annotations
 
 import io
+import itertools
 import json
 import math
+import re
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from matplotlib.text import Text
 from PIL import Image
 
 from posebh.checkpoint import TRAIN_CHECKPOINT_FORMAT, load_model, to_official
@@ -146,63 +149,245 @@ def test_block_similarity_on_a_constructed_bank() -> None:
 # Plots
 # ------------------------------------------------------------------------------------------
 
-CELLS = [
-    {"row": "COCO val AP", "model": "PoseBH-B", "expected": 77.3, "measured": 3.1,
-     "measured_kind": "synthetic"},
-    {"row": "AIC val AP", "model": "PoseBH-B", "expected": 32.9, "measured": None,
-     "measured_kind": "synthetic"},
-    {"row": "MPII PCKh", "model": "ViTPose++-B", "expected": None, "measured": 12.0,
-     "measured_kind": "synthetic"},
-]  # fmt: skip
+MODELS = (("ViTPose++-B", 77.0), ("PoseBH-B", 77.3))
+DATASETS = ("COCO val", "AIC val", "MPII val", "AP-10K test", "APT-36K test", "WholeBody val")
 
 
-def _texts(fig) -> str:
-    return " ".join(t.get_text() for t in fig.findobj(lambda o: hasattr(o, "get_text")))
+def evm_cells(panels=DATASETS, kind="real", not_run=True, decimals=1) -> list[dict]:
+    """Table 1's shape: per panel 2 metrics × 2 models that ran, with intervals and the
+    texts a table would print at ``decimals``; plus 3 cells of models that did not run."""
+    rng = np.random.default_rng(len(panels))
+    cells = []
+    for p in panels:
+        for metric in ("PCKh", "PCKh@0.1") if p.startswith("MPII") else ("AP", "AR"):
+            for model, expected in MODELS:
+                v = float(rng.uniform(2, 30) if kind == "synthetic" else rng.normal(expected, 1))
+                lo, hi = v - float(rng.uniform(0.2, 2)), v + float(rng.uniform(0.2, 2))
+                f = lambda x: f"{x:.{decimals}f}"  # noqa: E731 - the table's rounding
+                cells.append(
+                    {"panel": p, "row": metric, "model": model, "expected": expected,
+                     "measured": v, "ci95": (lo, hi), "expected_text": f(expected),
+                     "measured_text": f"{f(v)} [{f(lo)}, {f(hi)}]", "measured_kind": kind}
+                )  # fmt: skip
+    if not_run:
+        for p, model in (
+            (panels[0], "ViTPose++-H"),
+            (panels[0], "PoseBH-H"),
+            (panels[1], "PoseBH-H"),
+        ):
+            cells.append({"panel": p, "row": "AP", "model": model, "expected": 79.4,
+                          "measured": None, "measured_kind": kind})  # fmt: skip
+    return cells
+
+
+TABLE1 = evm_cells()
+TWELVE = evm_cells([f"dataset {i}" for i in range(12)], not_run=False)
+TITLE = "table1: Multi-dataset training: COCO, AIC, MPII, AP-10K, APT-36K, COCO-WholeBody"
+
+
+def drawn_texts(fig) -> tuple[list[Text], object]:
+    """Every visible, non-empty text of the drawn figure, and the renderer that drew it."""
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    return [t for t in fig.findobj(Text) if t.get_visible() and t.get_text()], renderer
+
+
+def whiskers(fig) -> list:
+    return [c for ax in fig.axes for c in ax.collections if c.get_gid() == "ci95"]
+
+
+@pytest.mark.parametrize("cells", [TABLE1, TWELVE], ids=["table1", "twelve_panels"])
+def test_expected_vs_measured_fits_1600_px(cells, tmp_path: Path) -> None:
+    fig = _figure_expected_vs_measured(cells, title=TITLE, measured_label="measured")
+    fig.canvas.draw()
+    w, h = fig.canvas.get_width_height()
+    assert w <= 1600 and h <= 1600
+    assert len(fig.axes) == len({c["panel"] for c in cells})  # every panel shown
+    path = plot_expected_vs_measured(cells, tmp_path / "evm.png", title=TITLE, measured_label="m")
+    assert Image.open(path).size == (w, h)  # the PNG as drawn: no bbox cropping or growth
+
+
+def test_expected_vs_measured_caps_what_cannot_fit() -> None:
+    many = evm_cells([f"dataset {i}" for i in range(15)], not_run=False)
+    fig = _figure_expected_vs_measured(many, title="t", measured_label="m")
+    texts, _ = drawn_texts(fig)
+    assert max(fig.canvas.get_width_height()) <= 1600
+    assert len(fig.axes) == 12
+    assert any(t.get_text().endswith("… 3 more panels not shown") for t in texts)
+    tall = [dict(c, panel="one", row=f"{c['panel']} {c['row']}") for c in evm_cells(
+        [f"dataset {i}" for i in range(60)], not_run=False)]  # fmt: skip
+    fig = _figure_expected_vs_measured(tall, title="t", measured_label="m")
+    texts, _ = drawn_texts(fig)
+    assert max(fig.canvas.get_width_height()) <= 1600
+    shown = len(fig.axes[0].get_yticklabels())
+    assert 0 < shown < 240
+    assert any(t.get_text().endswith(f"… {240 - shown} more rows not shown") for t in texts)
+
+
+def assert_no_overlap(fig) -> None:
+    """No two drawn texts overlap by more than 0.5 px in both directions (strictly inside
+    each other's box beyond rounding), and every text lies inside the figure."""
+    texts, renderer = drawn_texts(fig)
+    boxes = [(t.get_text(), t.get_window_extent(renderer)) for t in texts]
+    w, h = fig.canvas.get_width_height()
+    for text, b in boxes:
+        assert b.x0 >= 0 and b.y0 >= 0 and b.x1 <= w and b.y1 <= h, (text, b)
+    for (ta, a), (tb, b) in itertools.combinations(boxes, 2):
+        dx = min(a.x1, b.x1) - max(a.x0, b.x0)
+        dy = min(a.y1, b.y1) - max(a.y0, b.y0)
+        assert dx <= 0.5 or dy <= 0.5, (ta, tb, a, b)
+
+
+@pytest.mark.parametrize(
+    "cells, title",
+    [
+        (TABLE1, TITLE),
+        (TWELVE, TITLE),
+        (evm_cells(kind="synthetic"), TITLE),
+        (evm_cells(DATASETS[:1], not_run=False), "one panel"),
+        (evm_cells(DATASETS[:3], decimals=3), "a title long enough to wrap " * 12),
+        ([dict(c, panel="a much longer panel name than the others, COCO-WholeBody val (face)")
+          for c in TABLE1], TITLE),
+    ],
+    ids=["table1", "twelve", "synthetic", "one_panel", "long_title", "long_panel_name"],
+)  # fmt: skip
+def test_expected_vs_measured_texts_do_not_overlap(cells, title) -> None:
+    fig = _figure_expected_vs_measured(cells, title=title, measured_label="measured (SynthPose)")
+    assert_no_overlap(fig)
+
+
+def decimals_of(text: str) -> int:
+    return max([len(d) for d in re.findall(r"\d\.(\d+)", text)], default=0)
+
+
+@pytest.mark.parametrize("decimals", [0, 1, 2, 3])
+def test_expected_vs_measured_writes_the_callers_texts(decimals: int) -> None:
+    cells = evm_cells(DATASETS[:4], decimals=decimals)
+    # Nearby values: a plain tick locator would write finer numbers than the table does.
+    cells = [dict(c, ci95=None) if c["measured"] is None else c for c in cells]
+    fig = _figure_expected_vs_measured(cells, title="T", measured_label="m")
+    texts, _ = drawn_texts(fig)
+    drawn = [t.get_text() for t in texts]
+    ran = [c for c in cells if c["measured"] is not None]
+    for c in ran:
+        assert c["measured_text"] in drawn and c["expected_text"] in drawn
+    assert sorted(t for t in drawn if "[" in t) == sorted(c["measured_text"] for c in ran)
+    # The row labels are the caller's names ("PCKh@0.1 · PoseBH-B"), drawn as given.
+    numbers = [t for t in drawn if " · " not in t]
+    assert max(decimals_of(t) for t in numbers) <= decimals, [
+        t for t in numbers if decimals_of(t) > decimals
+    ]
+
+
+def test_expected_vs_measured_without_texts_uses_one_decimal() -> None:
+    cells = [
+        {"panel": "p", "row": "AP", "model": "m", "expected": 77.25, "measured": 3.14159,
+         "ci95": (2.0, 4.5), "measured_kind": "real"},
+        {"panel": "p", "row": "AR", "model": "m", "expected": None, "measured": 12.0,
+         "measured_kind": "real"},
+    ]  # fmt: skip
+    drawn = [t.get_text() for t in drawn_texts(_figure_expected_vs_measured(cells))[0]]
+    assert "3.1 [2.0, 4.5]" in drawn and "77.2" in drawn
+    assert "12.0" in drawn and "–" in drawn  # no published value: a dash, no marker
+    assert max(decimals_of(t) for t in drawn) == 1
+
+
+def test_expected_vs_measured_draws_only_rows_that_ran() -> None:
+    fig = _figure_expected_vs_measured(TABLE1, title=TITLE, measured_label="m")
+    texts, _ = drawn_texts(fig)
+    drawn = [t.get_text() for t in texts]
+    rows = [t.get_text() for ax in fig.axes for t in ax.get_yticklabels()]
+    assert len(rows) == 24 and not any("-H" in r for r in rows)
+    assert "not run: ViTPose++-H on COCO val, PoseBH-H on COCO val, PoseBH-H on AIC val" in drawn
+    # A model that ran some rows only: those rows are named; a long list is counted.
+    partial = [*TABLE1, dict(TABLE1[0], row="AP (M)", measured=None)]
+    drawn = [t.get_text() for t in drawn_texts(_figure_expected_vs_measured(partial))[0]]
+    assert any(t.endswith("ViTPose++-B on COCO val (AP (M))") for t in drawn)
+    many = [*TABLE1, *(dict(TABLE1[-1], model=f"model {i}", measured=None) for i in range(60))]
+    fig = _figure_expected_vs_measured(many)
+    foot = [t.get_text() for t in drawn_texts(fig)[0] if t.get_text().startswith("not run:")]
+    assert len(foot) == 1 and re.search(r", … \d+ more$", foot[0]) and "\n" not in foot[0]
+    assert_no_overlap(fig)
+    nothing = [dict(c, measured=None) for c in TABLE1]
+    fig = _figure_expected_vs_measured(nothing)
+    assert fig.axes == []
+    assert any(t.get_text().startswith("nothing measured") for t in drawn_texts(fig)[0])
+
+
+def test_expected_vs_measured_whiskers_span_the_interval() -> None:
+    cells = [dict(c, ci95=None) if i % 3 == 0 else c for i, c in enumerate(TABLE1)]
+    fig = _figure_expected_vs_measured(cells, title="T", measured_label="m")
+    by_line = {
+        (c["panel"], f"{c['row']} · {c['model']}"): c["ci95"]
+        for c in cells
+        if c["measured"] is not None
+    }
+    found = {}
+    for ax in fig.axes:
+        labels = {t.get_position()[1]: t.get_text() for t in ax.get_yticklabels()}
+        panel = ax.get_label()  # the panel's name (not drawn: the title is a figure text)
+        for coll in (c for c in ax.collections if c.get_gid() == "ci95"):
+            for seg in coll.get_segments():
+                (x0, y0), (x1, y1) = seg
+                assert y0 == y1
+                found[(panel, labels[y0])] = (x0, x1)
+    expected = {k: tuple(v) for k, v in by_line.items() if v is not None}
+    assert found == expected  # exactly lo..hi, in data coordinates, one per interval
+    assert len(whiskers(fig)) == len(fig.axes)  # one collection per panel
 
 
 def test_expected_vs_measured_says_synthetic_in_big_letters(tmp_path: Path) -> None:
-    fig = _figure_expected_vs_measured(CELLS, title="Table 1", measured_label="measured")
+    cells = evm_cells(kind="synthetic")
+    fig = _figure_expected_vs_measured(cells, title="Table 1", measured_label="measured")
     headline = fig._suptitle
     assert headline is not None and headline.get_fontsize() >= 13
     assert headline.get_text().replace("\n", " ") == SYNTHETIC_WARNING
-    text = _texts(fig)
-    assert "SYNTHETIC world" in text  # the legend entry of the measured bars
-    ax = fig.axes[0]
-    assert [t.get_text() for t in ax.texts].count("missing") == 2  # the two None values
-    legend = [t.get_text() for t in ax.get_legend().get_texts()]
-    assert legend == ["expected (published)", "measured — SYNTHETIC world", "missing value"]
-    assert "77.3" in text and "3.1" in text
-    real = [dict(c, measured_kind="real") for c in CELLS]
-    fig_real = _figure_expected_vs_measured(real, title="Table 1", measured_label="measured")
+    drawn = [t.get_text() for t in drawn_texts(fig)[0]]
+    assert headline.get_text() in drawn
+    assert "measured — SYNTHETIC world" in drawn  # the legend entry of the measured markers
+    # One synthetic cell among real ones is enough, even one that did not run.
+    mixed = [*TABLE1[:-1], dict(TABLE1[-1], measured_kind="synthetic")]
+    assert _figure_expected_vs_measured(mixed)._suptitle is not None
+    fig_real = _figure_expected_vs_measured(TABLE1, title="Table 1", measured_label="measured")
     assert fig_real._suptitle is None
-    assert "SYNTHETIC" not in _texts(fig_real)
+    assert not any("SYNTHETIC" in t for t in (x.get_text() for x in drawn_texts(fig_real)[0]))
+    # Synthetic and real measured markers differ in colour and shape.
+    markers = {
+        (line.get_marker(), line.get_color())
+        for f in (fig, fig_real)
+        for ax in f.axes
+        for line in ax.get_lines()
+    }
+    assert ("X", "#d62728") in markers and ("o", "#1f77b4") in markers
 
-    path = plot_expected_vs_measured(CELLS, tmp_path / "evm.png", title="T", measured_label="m")
+    path = plot_expected_vs_measured(cells, tmp_path / "evm.png", title="T", measured_label="m")
     assert path == tmp_path / "evm.png"
     assert_png(path)
-    again = plot_expected_vs_measured(CELLS, tmp_path / "evm2.png", title="T", measured_label="m")
+    again = plot_expected_vs_measured(cells, tmp_path / "evm2.png", title="T", measured_label="m")
     assert path.read_bytes() == again.read_bytes()  # deterministic bytes
 
 
-def test_expected_vs_measured_refuses_an_unlabelled_kind(tmp_path: Path) -> None:
-    cell = {"row": "r", "model": "m", "expected": 1.0, "measured": 2.0}
-    with pytest.raises(ValueError, match="measured_kind"):
-        plot_expected_vs_measured([cell], tmp_path / "x.png", title="t", measured_label="m")
-    with pytest.raises(ValueError, match="measured_kind must be one of"):
-        plot_expected_vs_measured(
-            [dict(cell, measured_kind="simulated")], tmp_path / "x.png", title="t",
-            measured_label="m",
-        )  # fmt: skip
-    with pytest.raises(ValueError, match="use None"):
-        plot_expected_vs_measured(
-            [dict(cell, measured=float("nan"), measured_kind="real")], tmp_path / "x.png",
-            title="t", measured_label="m",
-        )  # fmt: skip
-    with pytest.raises(ValueError, match="PNG"):
-        plot_expected_vs_measured(
-            [dict(cell, measured_kind="real")], tmp_path / "x.svg", title="t", measured_label="m"
-        )
+def test_expected_vs_measured_refuses_bad_cells(tmp_path: Path) -> None:
+    cell = {"panel": "p", "row": "r", "model": "m", "expected": 1.0, "measured": 2.0}
+    real = dict(cell, measured_kind="real")
+
+    def refused(c: dict, match: str, path: str = "x.png") -> None:
+        with pytest.raises(ValueError, match=match):
+            plot_expected_vs_measured([real, c], tmp_path / path, title="t", measured_label="m")
+
+    refused(cell, r"cell 1 lacks \['measured_kind'\]")
+    refused(dict(cell, measured_kind="simulated"), "cell 1: measured_kind must be one of")
+    refused({k: v for k, v in real.items() if k != "panel"}, r"cell 1 lacks \['panel'\]")
+    refused(dict(real, measured=float("nan")), "cell 1: measured = nan; use None")
+    for bad in ((2.0, 1.0), (1.0, float("inf")), (1.0,), 1.5, "1, 2"):
+        refused(dict(real, ci95=bad), r"cell 1: ci95 = .*lo <= hi, or None")
+    refused(dict(real, measured_text=2.0), "cell 1: measured_text = 2.0; give the table's")
+    refused(real, "PNG", "x.svg")
+    with pytest.raises(ValueError, match="no cells"):
+        plot_expected_vs_measured([], tmp_path / "x.png", title="t", measured_label="m")
     assert not (tmp_path / "x.png").exists()
+    # A whisker of zero width is a valid interval.
+    assert_png(plot_expected_vs_measured([dict(real, ci95=(2.0, 2.0))], tmp_path / "y.png"))
 
 
 def test_prototype_similarity_plot(tmp_path: Path) -> None:
