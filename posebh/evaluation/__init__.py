@@ -37,10 +37,13 @@ from posebh.evaluation.keypoint import (
     heatmap_argmax,
     heatmap_pck,
     mpjpe,
+    mpjpe_resampler,
     nme,
+    nme_resampler,
     pck_accuracy,
+    pck_auc_epe_resampler,
 )
-from posebh.evaluation.mpii import load_mpii_gt, mpii_gt_arrays, pckh
+from posebh.evaluation.mpii import load_mpii_gt, mpii_gt_arrays, pckh, pckh_resampler
 from posebh.evaluation.nms import oks_iou, oks_nms, rescore_and_nms, soft_oks_nms
 
 __all__ = [
@@ -59,12 +62,16 @@ __all__ = [
     "load_mpii_gt",
     "mpii_gt_arrays",
     "mpjpe",
+    "mpjpe_resampler",
     "nme",
+    "nme_resampler",
     "oks_eval",
     "oks_iou",
     "oks_nms",
     "pck_accuracy",
+    "pck_auc_epe_resampler",
     "pckh",
+    "pckh_resampler",
     "rescore_and_nms",
     "soft_oks_nms",
     "wholebody_eval",

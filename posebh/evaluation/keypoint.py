@@ -23,16 +23,29 @@ from typing import Any
 import numpy as np
 
 from posebh.decode import get_max_preds
+from posebh.evaluation.bootstrap import Resampler
+from posebh.evaluation.resample_means import (
+    image_sums,
+    image_units,
+    instance_counts,
+    masked_row_mean,
+    repeated_index,
+    weighted_sum,
+)
 
 __all__ = [
+    "MPJPE_NAMES",
     "auc",
     "calc_distances",
     "epe",
     "heatmap_argmax",
     "heatmap_pck",
     "mpjpe",
+    "mpjpe_resampler",
     "nme",
+    "nme_resampler",
     "pck_accuracy",
+    "pck_auc_epe_resampler",
 ]
 
 
@@ -88,13 +101,16 @@ def auc(pred: Any, gt: Any, mask: Any, norm_factor: float, num_thrs: int = 20) -
     ``norm_factor`` is one scalar (pixels) for both axes and all instances; a perfect
     prediction scores ``(num_thrs − 1) / num_thrs``.
     """
-    n = np.asarray(pred).shape[0]
-    nor = np.tile(np.array([[norm_factor, norm_factor]]), (n, 1))
+    nor = _auc_norm(np.asarray(pred).shape[0], norm_factor)
     result = 0.0
     for i in range(num_thrs):
         _, avg, _ = pck_accuracy(pred, gt, mask, 1.0 * i / num_thrs, nor)
         result += 1.0 / num_thrs * avg
     return result
+
+
+def _auc_norm(n: int, norm_factor: float) -> np.ndarray:
+    return np.tile(np.array([[norm_factor, norm_factor]]), (n, 1))
 
 
 def _mean_valid(distances: np.ndarray) -> float:
@@ -106,8 +122,11 @@ def _mean_valid(distances: np.ndarray) -> float:
 def epe(pred: Any, gt: Any, mask: Any) -> float:
     """End-point error: mean Euclidean distance (pixels) over the masked ``[N, K]`` entries."""
     pred = np.asarray(pred)
-    ones = np.ones((pred.shape[0], pred.shape[2]), dtype=np.float32)
-    return _mean_valid(calc_distances(pred, gt, mask, ones))
+    return _mean_valid(calc_distances(pred, gt, mask, _unit_norm(pred)))
+
+
+def _unit_norm(pred: np.ndarray) -> np.ndarray:
+    return np.ones((pred.shape[0], pred.shape[2]), dtype=np.float32)
 
 
 def nme(pred: Any, gt: Any, mask: Any, norm_factor: Any) -> float:
@@ -180,6 +199,12 @@ def mpjpe(pred: Any, gt: Any, mask: Any, alignment: str = "none") -> float:
     Raises:
         ValueError: unknown ``alignment`` or an all-False mask.
     """
+    errors, mask = _joint_errors(pred, gt, mask, alignment)
+    return float(errors[mask].mean())
+
+
+def _joint_errors(pred: Any, gt: Any, mask: Any, alignment: str) -> tuple[np.ndarray, np.ndarray]:
+    """Per-joint errors ``[N, K]`` after the per-instance alignment, and the boolean mask."""
     pred = np.asarray(pred, dtype=np.float64)
     gt = np.asarray(gt, dtype=np.float64)
     mask = np.asarray(mask, dtype=bool)
@@ -194,4 +219,137 @@ def mpjpe(pred: Any, gt: Any, mask: Any, alignment: str = "none") -> float:
         pred = pred * factor[:, None, None]
     elif alignment != "none":
         raise ValueError(f"alignment must be 'none', 'scale' or 'procrustes', got {alignment!r}")
-    return float(np.linalg.norm(pred - gt, ord=2, axis=-1)[mask].mean())
+    return np.linalg.norm(pred - gt, ord=2, axis=-1), mask
+
+
+# ------------------------------------------------------------------------------------------
+# Per-image bootstrap (posebh.evaluation.bootstrap): each instance weighted by the count of its
+# image; a resample equals the full-set function on the instances repeated in place
+# (posebh.evaluation.resample_means).
+# ------------------------------------------------------------------------------------------
+
+
+def _pck_indicators(distances: np.ndarray, thrs: list[float]) -> np.ndarray:
+    """``[N, K · (1 + T)]``: valid entries, then the valid entries ``< thr`` per threshold
+    (``_distance_acc``'s comparison: float32 distances against the caller's ``thr``)."""
+    valid = distances != -1
+    return np.concatenate([valid.T, *[(valid & (distances < t)).T for t in thrs]], axis=1)
+
+
+def _resampled_pck(num_valid: np.ndarray, num_hits: np.ndarray) -> np.ndarray:
+    """``pck_accuracy``'s ``avg`` per resample from the per-keypoint counts over copies
+    ``[B, K]`` (exact integers): the same float64 division as ``_distance_acc``, the mean
+    over keypoints with a valid copy, 0.0 when there is none."""
+    has_valid = num_valid > 0
+    acc = np.zeros_like(num_valid)
+    np.divide(num_hits, num_valid, out=acc, where=has_valid)
+    return np.nan_to_num(masked_row_mean(acc, has_valid), nan=0.0)
+
+
+def _resampled_mean_valid(distances: np.ndarray, copies: np.ndarray) -> np.ndarray:
+    """``_mean_valid`` per resample, on the duplicated distances themselves: its float32 sum
+    rounds by summation order, so no weighted shortcut would give the same bits."""
+    return np.array([_mean_valid(distances[:, repeated_index(row)]) for row in copies])
+
+
+def pck_auc_epe_resampler(
+    pred: Any,
+    gt: Any,
+    mask: Any,
+    norm: Any,
+    image_ids: Any,
+    *,
+    pck_thr: float = 0.2,
+    auc_norm: float = 30.0,
+    auc_num_thrs: int = 20,
+) -> Resampler:
+    """``"PCK"``, ``"AUC"``, ``"EPE"`` (``posebh.evaluate``'s ``pck_auc_epe``) on resampled
+    image multisets.
+
+    Args:
+        pred, gt: ``[N, K, 2]``; mask: ``[N, K]``; norm: ``[N, 2]`` the PCK normaliser
+            (``posebh.evaluate``: ``max(w, h)`` of the joint box, for both axes).
+        image_ids: ``[N]`` the image of each instance; the units are the sorted unique ids.
+        pck_thr, auc_norm, auc_num_thrs: :func:`pck_accuracy`'s ``thr``, :func:`auc`'s
+            ``norm_factor`` and ``num_thrs``.
+
+    ``full`` is :func:`pck_accuracy`'s ``avg``, :func:`auc` and :func:`epe` themselves.
+    """
+    pred = np.asarray(pred)
+    units, inverse = image_units(image_ids, pred.shape[0], "pck_auc_epe_resampler")
+    _, pck, _ = pck_accuracy(pred, gt, mask, pck_thr, norm)
+    full = np.array(
+        [pck, auc(pred, gt, mask, auc_norm, num_thrs=auc_num_thrs), epe(pred, gt, mask)],
+        dtype=np.float64,
+    )
+    auc_thrs = [1.0 * i / auc_num_thrs for i in range(auc_num_thrs)]  # auc's thresholds
+    pck_part = _pck_indicators(calc_distances(pred, gt, mask, norm), [pck_thr])
+    auc_distances = calc_distances(pred, gt, mask, _auc_norm(pred.shape[0], auc_norm))
+    auc_part = _pck_indicators(auc_distances, auc_thrs)
+    per_image = image_sums(np.concatenate([pck_part, auc_part], 1), inverse, len(units))
+    epe_distances = calc_distances(pred, gt, mask, _unit_norm(pred))
+    k = pred.shape[1]
+
+    def values(counts: np.ndarray) -> np.ndarray:
+        sums = weighted_sum(counts, per_image).reshape(len(counts), 3 + auc_num_thrs, k)
+        area = np.zeros(len(counts))
+        for i in range(auc_num_thrs):  # auc's own loop: the same sum in the same order
+            area += 1.0 / auc_num_thrs * _resampled_pck(sums[:, 2], sums[:, 3 + i])
+        copies = instance_counts(counts, inverse, len(units))
+        epe_values = _resampled_mean_valid(epe_distances, copies)
+        return np.stack([_resampled_pck(sums[:, 0], sums[:, 1]), area, epe_values], axis=1)
+
+    return Resampler(units, ("PCK", "AUC", "EPE"), full, values)
+
+
+def nme_resampler(pred: Any, gt: Any, mask: Any, norm_factor: Any, image_ids: Any) -> Resampler:
+    """``"NME"`` (:func:`nme`) on resampled image multisets; arguments as :func:`nme`, plus
+    ``image_ids [N]`` the image of each instance."""
+    pred = np.asarray(pred)
+    units, inverse = image_units(image_ids, pred.shape[0], "nme_resampler")
+    full = np.array([nme(pred, gt, mask, norm_factor)], dtype=np.float64)
+    distances = calc_distances(pred, gt, mask, norm_factor)
+
+    def values(counts: np.ndarray) -> np.ndarray:
+        copies = instance_counts(counts, inverse, len(units))
+        return _resampled_mean_valid(distances, copies)[:, None]
+
+    return Resampler(units, ("NME",), full, values)
+
+
+#: Metric name of each :func:`mpjpe` alignment.
+MPJPE_NAMES = {"none": "MPJPE", "scale": "N-MPJPE", "procrustes": "PA-MPJPE"}
+
+
+def mpjpe_resampler(
+    pred: Any,
+    gt: Any,
+    mask: Any,
+    image_ids: Any,
+    alignment: str | tuple[str, ...] = "none",
+) -> Resampler:
+    """:func:`mpjpe` under one or several alignments (names :data:`MPJPE_NAMES`) on resampled
+    image multisets; ``image_ids [N]`` the image of each instance.
+
+    The alignment is per instance, so it is computed once on the full set; a resample is
+    :func:`mpjpe`'s mean over the duplicated instances' joint errors (the same float64 sum in
+    the same order). NaN where a resample has no masked joint.
+    """
+    alignments = (alignment,) if isinstance(alignment, str) else tuple(alignment)
+    pred = np.asarray(pred)
+    units, inverse = image_units(image_ids, pred.shape[0], "mpjpe_resampler")
+    errors = [_joint_errors(pred, gt, mask, a) for a in alignments]
+    full = np.array([float(e[m].mean()) for e, m in errors], dtype=np.float64)
+
+    def values(counts: np.ndarray) -> np.ndarray:
+        copies = instance_counts(counts, inverse, len(units))
+        out = np.empty((len(copies), len(alignments)))
+        for b, row in enumerate(copies):
+            index = repeated_index(row)
+            for j, (joint_errors, joint_mask) in enumerate(errors):
+                selected = joint_errors[index][joint_mask[index]]
+                out[b, j] = selected.mean() if selected.size else np.nan
+        return out
+
+    names = tuple(MPJPE_NAMES[a] for a in alignments)
+    return Resampler(units, names, full, values)
