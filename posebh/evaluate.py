@@ -311,7 +311,8 @@ def score_records(
         order = np.argsort([int(inst.extras.get("index", i)) for i, inst in enumerate(instances)])
         gt_mat: Any = _subset_ground_truth(spec, instances) if subset else spec.gt_file
         if resample:
-            return pckh_resampler(preds[order], gt_mat, image_ids[order])
+            r = pckh_resampler(preds[order], gt_mat, image_ids[order])
+            return pckh(preds[order], gt_mat), r
         return pckh(preds[order], gt_mat), None
     if protocol.metric == "pck_auc_epe":
         gt = np.stack([np.asarray(inst.keypoints)[:, :2] for inst in instances])
