@@ -283,6 +283,8 @@ def _cmd_crosstype(args: argparse.Namespace) -> int:
         route=args.route,
         device=args.device,
         progress=not args.no_progress,
+        bootstrap=args.bootstrap,
+        bootstrap_seed=args.bootstrap_seed,
     )
     result.meta["checkpoint"] = str(args.checkpoint)
     out = args.out or Path("results") / "crosstype"
@@ -322,6 +324,14 @@ def _add_crosstype(sub: argparse._SubParsersAction) -> None:
     ct.add_argument("--batch-size", type=int, default=64)
     ct.add_argument("--device", default="cpu")
     ct.add_argument("--no-progress", action="store_true")
+    ct.add_argument(
+        "--bootstrap",
+        type=int,
+        default=DEFAULT_RESAMPLES,
+        metavar="N",
+        help="image resamples for each cell's 95%% interval (0: off)",
+    )
+    ct.add_argument("--bootstrap-seed", type=int, default=0)
     ct.set_defaults(func=_cmd_crosstype)
 
 

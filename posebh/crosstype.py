@@ -14,10 +14,16 @@ Every cell goes through the evaluation path of ``posebh eval``, only with other 
    (:func:`cross_instances`);
 2. :func:`posebh.evaluate.predict` runs head d (and, by default, expert d) under d's official
    protocol (flip test, DARK-UDP decode);
-3. :func:`posebh.evaluate.compute_metrics` scores them under d's protocol: rescoring + OKS-NMS
-   and OKS AP with d's sigmas against ``cross_type_gt(e → d)`` (COCO, AIC with 0.53·w·h,
-   AP-10K, APT-36K), the five-part WholeBody AP, or MPII PCKh with the MPII head boxes of e's
-   figures.
+3. :func:`posebh.evaluate.scored_records` / :func:`~posebh.evaluate.score_records` score
+   them under d's protocol (as ``compute_metrics``): rescoring + OKS-NMS and OKS AP with d's
+   sigmas against ``cross_type_gt(e → d)`` (COCO, AIC with 0.53·w·h, AP-10K, APT-36K), the
+   five-part WholeBody AP, or MPII PCKh with the MPII head boxes of e's figures.
+
+``bootstrap=N`` adds each cell's percentile 95 % interval over N resamples of e's images
+(:mod:`posebh.evaluation.bootstrap`). The resamples of image set e depend only on
+``bootstrap_seed`` and e's position among the image sets: every head sees the same multisets
+of e, and different image sets are resampled independently, so the mean over the other image
+sets and the gap own − mean get their intervals replicate by replicate.
 
 ``oracle=True`` feeds the cross GT back as predictions through steps 1 and 3
 (:func:`posebh.evaluate.ground_truth_predictions`): every cell scores exactly 1 (100 for
@@ -45,8 +51,16 @@ import numpy as np
 import torch
 
 from posebh.datasets import DatasetSpec, Instance, default_spec, read_dataset
-from posebh.evaluate import compute_metrics, default_protocol, ground_truth_predictions, predict
-from posebh.evaluation import library_versions, mpii_gt_arrays, pckh
+from posebh.evaluate import (
+    default_protocol,
+    ground_truth_predictions,
+    predict,
+    score_records,
+    scored_records,
+)
+from posebh.evaluation import library_versions, mpii_gt_arrays, pckh, pckh_resampler
+from posebh.evaluation.bootstrap import Resampler, percentile_interval, replicates
+from posebh.evaluation.predict import EvalProtocol
 from posebh.protocol import TRAINING_DATASETS, get_protocol
 from posebh.skeletons import get_skeleton
 from posebh.synth.crossgt import cross_type_gt, load_cross_gt, source_group
@@ -74,6 +88,16 @@ def headline(metrics: Mapping[str, Any]) -> tuple[str, float]:
         if key in metrics:
             return key, float(metrics[key])
     raise ValueError(f"no headline metric among {sorted(metrics)}")
+
+
+#: A headline (:func:`headline`) → its flat name in a cell's Resampler.
+_RESAMPLED_NAME = {"AP(wholebody)": "wholebody/AP", "AP": "AP", "PCKh": "PCKh"}
+
+
+def image_set_seed(bootstrap_seed: int, position: int) -> int:
+    """The resample seed of the image set at ``position``: independent streams per image set,
+    the same for every head."""
+    return int(np.random.SeedSequence([bootstrap_seed, position]).generate_state(1)[0])
 
 
 def cross_pairs(heads: Sequence[str], datasets: Sequence[str]) -> list[tuple[str, str]]:
@@ -141,7 +165,10 @@ class CrossTypeResult:
 
     ``matrix[d][e]``: the headline value of head d on e's images (None where no GT exists);
     ``metric[d]``: its name (AP, AP(wholebody), PCKh); ``metrics[d][e]``: the full metric
-    dict of the cell; ``instances[e]``: e's instance count; ``meta``: settings and timing.
+    dict of the cell; ``instances[e]``: e's instance count; ``meta``: settings and timing;
+    ``ci[d][e]``: the cell's percentile 95 % interval [lo, hi] (``bootstrap=N``; empty when
+    off); ``replicates[d][e]``: the headline on each resample (in memory only, not in
+    :meth:`to_dict`), from which :meth:`summary` derives its intervals.
     """
 
     heads: list[str]
@@ -151,6 +178,10 @@ class CrossTypeResult:
     metrics: dict[str, dict[str, dict[str, Any]]] = field(repr=False, default_factory=dict)
     instances: dict[str, int] = field(default_factory=dict)
     meta: dict[str, Any] = field(default_factory=dict)
+    ci: dict[str, dict[str, list[float | None]]] = field(default_factory=dict)
+    replicates: dict[str, dict[str, np.ndarray]] = field(
+        default_factory=dict, repr=False, compare=False
+    )
 
     def value(self, head: str, dataset: str) -> float | None:
         """One cell (None where there is no ground truth)."""
@@ -160,27 +191,44 @@ class CrossTypeResult:
         """head d → its in-domain value (None when d is not also an image set)."""
         return {d: self.matrix[d].get(d) for d in self.heads}
 
-    def summary(self) -> dict[str, dict[str, float | None]]:
+    def summary(self) -> dict[str, dict[str, Any]]:
         """Per head d: ``in_domain`` (the diagonal), ``cross_mean`` (mean over the other image
         sets with ground truth) and their ``gap`` (in_domain − cross_mean); None where a
-        side is missing.  Units are the head's metric (AP in [0, 1], PCKh in percent)."""
-        out: dict[str, dict[str, float | None]] = {}
+        side is missing.  Units are the head's metric (AP in [0, 1], PCKh in percent).
+
+        Bootstrapped (``replicates``): also ``in_domain_ci95``, ``cross_mean_ci95`` and
+        ``gap_ci95``, percentile intervals of the same statistics taken replicate by
+        replicate (the image sets are resampled independently)."""
+        out: dict[str, dict[str, Any]] = {}
         for d in self.heads:
             own = self.matrix[d].get(d)
-            others = [v for e, v in self.matrix[d].items() if e != d and v is not None]
-            cross = float(np.mean(others)) if others else None
+            others = [e for e, v in self.matrix[d].items() if e != d and v is not None]
+            cross = float(np.mean([self.matrix[d][e] for e in others])) if others else None
             gap = own - cross if own is not None and cross is not None else None
             out[d] = {"in_domain": own, "cross_mean": cross, "gap": gap}
+            reps = self.replicates.get(d)
+            if not reps:
+                continue
+            own_r = reps.get(d) if own is not None else None
+            cross_r = np.mean([reps[e] for e in others], axis=0) if others else None
+            out[d]["in_domain_ci95"] = None if own_r is None else percentile_interval(own_r)
+            out[d]["cross_mean_ci95"] = None if cross_r is None else percentile_interval(cross_r)
+            out[d]["gap_ci95"] = (
+                None if own_r is None or cross_r is None else percentile_interval(own_r - cross_r)
+            )
         return out
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-able: heads, datasets, matrix, metric names, full metrics, counts, meta and
-        :meth:`summary`."""
-        return _jsonable({**dataclasses.asdict(self), "summary": self.summary()})
+        """JSON-able: heads, datasets, matrix, metric names, full metrics, counts, meta, the
+        cells' intervals and :meth:`summary` (not the replicates)."""
+        fields = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)
+                  if f.name != "replicates"}  # fmt: skip
+        return _jsonable({**fields, "summary": self.summary()})
 
     def to_markdown(self, digits: int = 3) -> str:
         """The matrix as a Markdown table: one row per head d (with its metric), one column
-        per image set e; the in-domain cell in bold, "–" where there is no ground truth."""
+        per image set e; the in-domain cell in bold, "–" where there is no ground truth;
+        bootstrapped, each cell is followed by its 95 % interval."""
         lines = [
             "| head \\ images | metric | " + " | ".join(self.datasets) + " |",
             "|---|---|" + "---|" * len(self.datasets),
@@ -193,8 +241,13 @@ class CrossTypeResult:
                     cells.append("–")
                     continue
                 pct = self.metric[d] == "PCKh"
-                text = f"{v:.{max(digits - 2, 1)}f}" if pct else f"{v:.{digits}f}"
-                cells.append(f"**{text}**" if d == e else text)
+                places = max(digits - 2, 1) if pct else digits
+                text = f"{v:.{places}f}"
+                text = f"**{text}**" if d == e else text
+                ci = self.ci.get(d, {}).get(e)
+                if ci and ci[0] is not None and ci[1] is not None:
+                    text += f" [{ci[0]:.{places}f}, {ci[1]:.{places}f}]"
+                cells.append(text)
             lines.append(f"| {d} | {self.metric[d]} | " + " | ".join(cells) + " |")
         return "\n".join(lines) + "\n"
 
@@ -242,6 +295,8 @@ def cross_type_eval(
     perturb: Callable[[str, str, list[dict[str, Any]]], list[dict[str, Any]]] | None = None,
     work_dir: str | os.PathLike[str] | None = None,
     log: Callable[[str], None] | None = None,
+    bootstrap: int = 0,
+    bootstrap_seed: int = 0,
 ) -> CrossTypeResult:
     """Head d's keypoints on e's ``split`` images, for every cell with ground truth.
 
@@ -265,6 +320,8 @@ def cross_type_eval(
             a perturbed oracle).
         work_dir: where the per-cell GT files are written (default: a temporary folder).
         log: progress sink (default ``print`` when ``progress``).
+        bootstrap: resamples of each image set for the cells' 95 % intervals (0: off).
+        bootstrap_seed: seed of the resamples (:func:`image_set_seed` per image set).
 
     Returns:
         :class:`CrossTypeResult` (rows ``heads``, columns ``datasets``).
@@ -273,6 +330,8 @@ def cross_type_eval(
         raise ValueError("cross_type_eval needs a model unless oracle=True")
     if route not in ("head", "image"):
         raise ValueError(f"route must be 'head' or 'image', got {route!r}")
+    if bootstrap < 0:
+        raise ValueError(f"bootstrap must be ≥ 0 resamples (0: off), got {bootstrap}")
     start = time.perf_counter()
     if log is None and progress:
         log = print
@@ -292,6 +351,8 @@ def cross_type_eval(
               for d in head_names}  # fmt: skip
     metrics: dict[str, dict[str, dict[str, Any]]] = {d: {} for d in head_names}
     counts: dict[str, int] = {}
+    ci: dict[str, dict[str, list[float | None]]] = {}
+    reps: dict[str, dict[str, np.ndarray]] = {}
     loaded: dict[str, tuple[list[Instance], dict[str, Any]]] = {}
     tmp = None
     if work_dir is None:
@@ -338,16 +399,16 @@ def cross_type_eval(
                 )
             if perturb is not None:
                 preds = perturb(d, e, preds)
-            if protocol.metric == "pckh":
-                # PCKh matches predictions to GT by position: both are in ``cells`` order.
-                arr = np.stack([np.asarray(p["keypoints"])[:, :2] for p in preds])
-                m = pckh(arr, _mpii_gt(cells))
-            else:
-                m, _ = compute_metrics(preds, cells, spec, protocol)
+            m, resampler = _score_cell(preds, cells, spec, protocol, resample=bootstrap > 0)
             name, value = headline(m)
             metric[d] = name
             matrix[d][e] = value
             metrics[d][e] = m
+            if resampler is not None:
+                seed = image_set_seed(bootstrap_seed, image_sets.index(e))
+                column = resampler.names.index(_RESAMPLED_NAME[name])
+                reps.setdefault(d, {})[e] = replicates(resampler, bootstrap, seed)[:, column]
+                ci.setdefault(d, {})[e] = percentile_interval(reps[d][e])
             if log is not None:
                 log(f"crosstype: {d} head on {e} {split} ({len(cells)} instances): {name} "
                     f"{value:.4f}")  # fmt: skip
@@ -365,6 +426,11 @@ def cross_type_eval(
         "versions": library_versions("torch"),
         "wall_time_s": round(time.perf_counter() - start, 3),
     }
+    if bootstrap > 0:
+        meta["bootstrap"] = {"resamples": bootstrap, "seed": bootstrap_seed, "unit": "image",
+                             "interval": "percentile 95 %",
+                             "seeds": {e: image_set_seed(bootstrap_seed, i)
+                                       for i, e in enumerate(image_sets)}}  # fmt: skip
     return CrossTypeResult(
         heads=head_names,
         datasets=image_sets,
@@ -373,4 +439,28 @@ def cross_type_eval(
         metrics=metrics,
         instances=counts,
         meta=meta,
+        ci=ci,
+        replicates=reps,
     )
+
+
+def _score_cell(
+    preds: list[dict[str, Any]],
+    cells: list[Instance],
+    spec: DatasetSpec,
+    protocol: EvalProtocol,
+    *,
+    resample: bool,
+) -> tuple[dict[str, Any], Resampler | None]:
+    """A cell's metrics (as ``compute_metrics`` / :func:`pckh`) and, with ``resample``, their
+    Resampler over e's images."""
+    if protocol.metric == "pckh":
+        # PCKh matches predictions to GT by position: both are in ``cells`` order.
+        arr = np.stack([np.asarray(p["keypoints"])[:, :2] for p in preds])
+        gt = _mpii_gt(cells)
+        m = pckh(arr, gt)
+        if not resample:
+            return m, None
+        return m, pckh_resampler(arr, gt, np.array([str(c.image_id) for c in cells]))
+    records, _ = scored_records(preds, cells, spec, protocol)
+    return score_records(records, cells, spec, protocol, resample=resample)

@@ -227,3 +227,55 @@ def test_instances_without_cross_gt_are_rejected(world: Path) -> None:
     bad = [dataclasses.replace(instances[0], ann_id=987654321)]
     with pytest.raises(KeyError, match="no cross-type ground truth"):
         cross_instances(bad, load_cross_gt(world, "aic", "val"), "coco")
+
+
+# ------------------------------------------------------------------------------------------
+# Bootstrap intervals
+# ------------------------------------------------------------------------------------------
+
+
+def test_oracle_intervals_are_degenerate_at_one(world: Path) -> None:
+    """A perfect prediction scores 1 (100) on every resample of every image set. Human cells
+    only: the OKS resampler takes one category, AP-10K / APT-36K GT has one per species."""
+    res = cross_type_eval(None, world, heads=HUMANS, datasets=[*HUMANS, "ochuman"],
+                          oracle=True, progress=False, bootstrap=20, bootstrap_seed=3)  # fmt: skip
+    for d, e in cross_pairs(HUMANS, [*HUMANS, "ochuman"]):
+        top = 100.0 if d == "mpii" else 1.0
+        assert res.ci[d][e] == pytest.approx([top, top], abs=1e-12), (d, e)
+        assert res.replicates[d][e].shape == (20,)
+    s = res.summary()["mpii"]
+    assert s["in_domain_ci95"] == pytest.approx([100.0, 100.0], abs=1e-12)
+    assert s["cross_mean_ci95"] == pytest.approx([100.0, 100.0], abs=1e-12)
+    assert s["gap_ci95"] == pytest.approx([0.0, 0.0], abs=1e-12)
+    d = json.loads(json.dumps(res.to_dict()))
+    assert "replicates" not in d and d["ci"]["coco"]["aic"] == pytest.approx([1.0, 1.0])
+    assert d["meta"]["bootstrap"]["resamples"] == 20
+    assert "**100.0** [100.0, 100.0]" in res.to_markdown()
+
+
+def test_perturbed_intervals_bracket_the_values_and_leave_metrics_unchanged(
+    world: Path, tmp_path: Path
+) -> None:
+    # One work_dir: the metrics' meta names the GT file.
+    kw = {"heads": HUMANS, "datasets": HUMANS, "oracle": True, "progress": False,
+          "perturb": _shift(6.0, -8.0), "work_dir": tmp_path}  # fmt: skip
+    on = cross_type_eval(None, world, bootstrap=200, bootstrap_seed=1, **kw)
+    off = cross_type_eval(None, world, **kw)
+    assert on.metrics == off.metrics and on.matrix == off.matrix  # bit for bit
+    assert off.ci == {} and off.replicates == {}
+    for d, e in cross_pairs(HUMANS, HUMANS):
+        (lo, hi), v = on.ci[d][e], on.matrix[d][e]
+        assert lo <= v <= hi, (d, e, v, on.ci[d][e])
+        # A cell strictly between 0 and perfect varies over the resamples of the tiny sets.
+        assert lo < hi or v in (0.0, 1.0, 100.0), (d, e, v, on.ci[d][e])
+    # The same image set is resampled identically for every head, others independently.
+    assert on.meta["bootstrap"]["seeds"]["coco"] != on.meta["bootstrap"]["seeds"]["aic"]
+    for d, s in on.summary().items():
+        lo, hi = s["cross_mean_ci95"]
+        assert lo <= s["cross_mean"] <= hi, (d, s)
+        others = [on.replicates[d][e] for e in HUMANS if e != d]
+        mean = np.mean(others, axis=0)  # NaN where a set's PCKh is undefined: left out
+        assert s["cross_mean_ci95"] == pytest.approx(list(np.nanpercentile(mean, [2.5, 97.5])))
+        gap = on.replicates[d][d] - mean
+        assert s["gap_ci95"] == pytest.approx(list(np.nanpercentile(gap, [2.5, 97.5])))
+    assert not set(off.summary()["coco"]) & {"in_domain_ci95", "gap_ci95"}

@@ -617,6 +617,57 @@ def test_ablation_report_renders_the_cross_type_summary_as_a_table() -> None:
     assert "{" not in md
 
 
+def test_ablation_report_shows_intervals_and_the_paired_delta_table() -> None:
+    from posebh.reproduce.ablations import markdown
+
+    def variant(id_: str, label: str, value: float, ci, delta=None) -> dict:
+        return {"id": id_, "label": label, "groups": ["M"], "mean": value,
+                "metrics": {"coco val": {"metric": "AP", "value": value, "ci95": ci},
+                            "mpii val": {"metric": "PCKh", "value": None, "ci95": None}},
+                "delta_vs_baseline": delta, "cross_type": None}  # fmt: skip
+
+    up = {"metric": "AP", "delta": 0.44, "ci95": [0.12, 0.81], "p": 0.01, "excludes_zero": True}
+    flat = {"metric": "AP", "delta": -0.2, "ci95": [-0.6, 0.25], "p": 0.4, "excludes_zero": False}
+    report = {
+        "variants": [
+            variant("baseline", "multi-head baseline", 4.0, [3.04, 4.96]),
+            variant("m1", "M = 1", 4.44, [3.5, 5.3], {"coco val": up, "mpii val": None}),
+            variant("m5", "M = 5", 3.8, None, {"coco val": flat, "mpii val": None}),
+        ],
+        "measured_on": "x", "posebh_stage_steps": 1, "provenance": {"commit": "c", "versions": {}},
+        "bootstrap": {"resamples": 1000, "seed": 0},
+    }  # fmt: skip
+    values, deltas = markdown(report).split("## Δ vs multi-head baseline [95 % CI]")
+
+    def cells(text: str, label: str) -> list[str]:
+        row = next(line for line in text.splitlines() if line.startswith(f"| {label} "))
+        return [c.strip() for c in row.strip("|").split("|")]
+
+    assert cells(values, "multi-head baseline")[2:] == ["4.0 [3.0, 5.0]", "–", "4.0"]
+    assert cells(values, "M = 5")[2] == "3.8"  # no interval: the bare value
+    assert cells(deltas, "M = 1") == ["M = 1", "+0.4 [+0.1, +0.8] *", "–"]
+    assert cells(deltas, "M = 5") == ["M = 5", "-0.2 [-0.6, +0.2]", "–"]
+    assert not any(line.startswith("| multi-head baseline") for line in deltas.splitlines())
+    assert "1000 resamples, seed 0" in deltas
+
+
+def test_ablation_cross_type_cells_carry_their_intervals() -> None:
+    from posebh.reproduce.ablations import _cross_table
+
+    summary = {
+        "coco": {"in_domain": 0.040, "cross_mean": 0.024, "gap": 0.016,
+                 "in_domain_ci95": [0.031, 0.052], "cross_mean_ci95": [0.02, 0.03],
+                 "gap_ci95": [0.004, 0.027]},
+        "mpii": {"in_domain": 35.9, "cross_mean": None, "gap": None,
+                 "in_domain_ci95": [33.0, 38.5], "cross_mean_ci95": None, "gap_ci95": None},
+    }  # fmt: skip
+    table = _cross_table([("full", {"metric": {"coco": "AP", "mpii": "PCKh"}, "summary": summary})])
+    row = next(line for line in table.splitlines() if line.startswith("| full"))
+    assert [c.strip() for c in row.strip("|").split("|")] == [
+        "full", "4.0 [3.1, 5.2] / 2.4 [2.0, 3.0] (+1.6 [+0.4, +2.7])", "35.9 [33.0, 38.5] / –"
+    ]  # fmt: skip
+
+
 def test_ablations_end_to_end(tmp_path: Path) -> None:
     out = tmp_path / "abl"
     status = cli_main(
@@ -637,3 +688,10 @@ def test_ablations_end_to_end(tmp_path: Path) -> None:
     assert "SYNTHETIC" in (out / "results.md").read_text()
     assert (out / "ablations.png").is_file()
     assert (tmp_path / "latest").resolve() == out.resolve()  # as the tables' runs
+    # The paired Δ vs the baseline row is the difference of the two full-set values.
+    assert by_id["baseline"]["delta_vs_baseline"] is None
+    for split, d in by_id["m1"]["delta_vs_baseline"].items():
+        base, m1 = by_id["baseline"]["metrics"][split], by_id["m1"]["metrics"][split]
+        assert d["delta"] == pytest.approx(m1["value"] - base["value"], abs=1e-9), split
+        assert base["ci95"][0] <= base["ci95"][1] and d["ci95"][0] <= d["ci95"][1]
+    assert "## Δ vs multi-head baseline (ViTPose++) [95 % CI]" in (out / "results.md").read_text()

@@ -209,6 +209,14 @@ def _add_ablation_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--only", default=None, help="comma-separated variant ids")
     p.add_argument("--no-cross-type", action="store_true")
     p.add_argument("--no-progress", action="store_true")
+    p.add_argument(
+        "--bootstrap",
+        type=int,
+        default=DEFAULT_RESAMPLES,
+        metavar="N",
+        help="image resamples for the intervals and the paired Δ vs the baseline (0: off)",
+    )
+    p.add_argument("--bootstrap-seed", type=int, default=0)
     p.add_argument("--data-root", type=Path, default=None, help="--train: official data/")
     p.add_argument("--weights", type=Path, default=None, help=argparse.SUPPRESS)
     p.add_argument("--train", action="store_true")
@@ -245,6 +253,8 @@ def _cmd_ablations(args: argparse.Namespace) -> int:
         only=[s.strip() for s in args.only.split(",")] if args.only else None,
         cross_type=not args.no_cross_type,
         progress=not args.no_progress,
+        bootstrap=args.bootstrap,
+        bootstrap_seed=args.bootstrap_seed,
     )
     link_latest(out)
     print(ablations.markdown(report))

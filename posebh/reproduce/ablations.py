@@ -17,6 +17,11 @@ is evaluated on the six training datasets (GT boxes) and, when the world stores 
 ground truth, on the cross-type measurement (how well each human head predicts its own
 keypoints on the other datasets' images — what CSS is meant to improve).
 ``--data-root D --train`` prints (``--dry-run``) or launches the official-recipe variants.
+
+With ``bootstrap=N`` (the default, 1,000) every value carries its percentile 95 % interval over
+N resamples of the evaluation images, and every variant is compared with the baseline row on
+the *same* resamples (:func:`posebh.evaluation.bootstrap.paired_bootstrap`): the Δ table says
+which of the 0.1–1 point moves are more than the noise of the evaluation set.
 """
 
 from __future__ import annotations
@@ -31,6 +36,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from posebh.evaluation.bootstrap import DEFAULT_RESAMPLES, Resampler, paired_bootstrap
 from posebh.reproduce.regression import TRAINING_SPLITS
 from posebh.reproduce.releases import torchrun_command
 from posebh.reproduce.synthetic import shortened
@@ -74,32 +80,42 @@ def variant_config(variant: Variant, base_config, steps: int | None = None):
     return dataclasses.replace(config, events=events, model_overrides=model)
 
 
-def _headline(metrics: Mapping[str, Any], dataset: str) -> tuple[str, float | None]:
-    from posebh.reproduce.tables import read_metric
-
+def _headline(dataset: str) -> tuple[str, str | None]:
+    """The (table metric, part) a split is reported by."""
     if dataset == "mpii":
-        return "PCKh", read_metric(metrics, "PCKh")
+        return "PCKh", None
     if dataset == "coco_wholebody":
-        return "AP", read_metric(metrics, "AP", part="wholebody")
-    return "AP", read_metric(metrics, "AP")
+        return "AP", "wholebody"
+    return "AP", None
 
 
 def _evaluate_model(
-    path: Path, world: Path, progress: bool, cross_type: bool
-) -> tuple[dict[str, Any], dict[str, Any] | None]:
+    path: Path, world: Path, progress: bool, cross_type: bool, bootstrap: int, seed: int
+) -> tuple[dict[str, Any], dict[str, Any] | None, dict[str, Resampler]]:
+    """Per split: the headline value and its interval (percent); the cross-type report; and
+    per split the Resampler for the paired Δ (empty with ``bootstrap=0``)."""
     from posebh.checkpoint import load_model, read_checkpoint
     from posebh.evaluate import evaluate
+    from posebh.reproduce.tables import read_interval, read_metric
 
     state = read_checkpoint(path)
     values: dict[str, Any] = {}
+    resamplers: dict[str, Resampler] = {}
     for dataset, split in ABLATION_SPLITS:
         model = load_model(state, dataset=dataset)
         result = evaluate(
             model, dataset, data_root=world, split=split, use_gt_bbox=True, progress=progress,
-            log=None,
+            log=None, bootstrap=bootstrap, bootstrap_seed=seed,
         )  # fmt: skip
-        metric, value = _headline(result.metrics, dataset)
-        values[f"{dataset} {split}"] = {"metric": metric, "value": value}
+        metric, part = _headline(dataset)
+        ci = read_interval(result.metrics, metric, part)
+        values[f"{dataset} {split}"] = {
+            "metric": metric,
+            "value": read_metric(result.metrics, metric, part),
+            "ci95": None if ci is None else list(ci),
+        }
+        if result.resampler is not None:
+            resamplers[f"{dataset} {split}"] = result.resampler
     cross = None
     if cross_type:
         try:
@@ -107,9 +123,47 @@ def _evaluate_model(
         except ImportError:
             cross = None
         else:
-            result = cross_type_eval(load_model(state), world, progress=progress)
+            result = cross_type_eval(load_model(state), world, progress=progress,
+                                     bootstrap=bootstrap, bootstrap_seed=seed)  # fmt: skip
             cross = result.to_dict()
-    return values, cross
+    return values, cross, resamplers
+
+
+def _deltas_vs_baseline(
+    values: Mapping[str, Any],
+    baseline: Mapping[str, Resampler],
+    variant: Mapping[str, Resampler],
+    num_resamples: int,
+    seed: int,
+) -> dict[str, dict[str, Any] | None]:
+    """Per split: the variant − baseline Δ of the headline on the same image resamples, in
+    percent (``delta``, ``ci95``, ``p``, ``excludes_zero``); None where a side has no
+    Resampler."""
+    from posebh.reproduce.tables import METRIC_READERS, flat_metric_name
+
+    out: dict[str, dict[str, Any] | None] = {}
+    for split, v in values.items():
+        if split not in baseline or split not in variant:
+            out[split] = None
+            continue
+        dataset = split.split(" ")[0]
+        metric, part = _headline(dataset)
+        factor = METRIC_READERS[metric][1]
+        paired = paired_bootstrap(baseline[split], variant[split], num_resamples, seed)
+        r = paired.get(flat_metric_name(metric, part))
+        if r is None:
+            out[split] = None
+            continue
+        lo, hi = r["ci95"]
+        ci = None if lo is None or hi is None else [lo * factor, hi * factor]
+        out[split] = {
+            "metric": v["metric"],
+            "delta": r["delta"] * factor,
+            "ci95": ci,
+            "p": r["p"],
+            "excludes_zero": ci is not None and (ci[0] > 0 or ci[1] < 0),
+        }
+    return out
 
 
 def _mean(values: Mapping[str, Any]) -> float | None:
@@ -129,12 +183,15 @@ def run_ablations(
     cross_type: bool = True,
     progress: bool = True,
     log: Callable[[str], None] | None = print,
+    bootstrap: int = DEFAULT_RESAMPLES,
+    bootstrap_seed: int = 0,
 ) -> dict[str, Any]:
     """Train (or reuse) every variant on SynthPose, evaluate, and write the report.
 
     ``steps``: the PoseBH stage of each variant; ``baseline_steps``: the shared multi-head
     baseline (``None``: the full tiny recipe, the same cached model as the tables use);
-    ``only``: variant ids (:data:`VARIANTS`)."""
+    ``only``: variant ids (:data:`VARIANTS`); ``bootstrap``: image resamples for the
+    intervals and the paired Δ against the baseline row (0: off; needs ``baseline`` run)."""
     from posebh.reproduce.harness import provenance
     from posebh.reproduce.synthetic import (
         default_cache_dir,
@@ -146,6 +203,8 @@ def run_ablations(
     unknown = [o for o in only or [] if o not in {v.id for v in VARIANTS}]
     if unknown:
         raise ValueError(f"unknown variants {unknown}; {[v.id for v in VARIANTS]}")
+    if bootstrap < 0:
+        raise ValueError(f"bootstrap must be ≥ 0 resamples (0: off), got {bootstrap}")
     start = time.perf_counter()
     cache_dir = Path(cache_dir or default_cache_dir())
     world, _ = ensure_world(cache_dir, world_preset, seed, progress)
@@ -157,6 +216,7 @@ def run_ablations(
     )
     posebh_recipe = run_config("posebh", seed)
     rows: list[dict[str, Any]] = []
+    baseline_resamplers: dict[str, Resampler] | None = None  # VARIANTS lists it first
     for v in VARIANTS:
         if only and v.id not in only:
             continue
@@ -170,7 +230,16 @@ def run_ablations(
             )  # fmt: skip
         if log:
             log(f"[ablations] evaluating {v.label}")
-        values, cross = _evaluate_model(path, world, progress, cross_type)
+        values, cross, resamplers = _evaluate_model(
+            path, world, progress, cross_type, bootstrap, bootstrap_seed
+        )
+        if v.baseline:
+            baseline_resamplers = resamplers
+        deltas = None
+        if not v.baseline and baseline_resamplers is not None and bootstrap > 0:
+            deltas = _deltas_vs_baseline(
+                values, baseline_resamplers, resamplers, bootstrap, bootstrap_seed
+            )
         rows.append(
             {
                 "id": v.id,
@@ -184,6 +253,7 @@ def run_ablations(
                 "metrics": values,
                 "mean": _mean(values),
                 "cross_type": cross,
+                "delta_vs_baseline": deltas,
             }
         )
     report = {
@@ -191,6 +261,13 @@ def run_ablations(
         "measured_on": f"SynthPose '{world_preset}' (seed {seed}); tiny models; NOT comparable "
         "with any published number",
         "posebh_stage_steps": steps,
+        "bootstrap": {
+            "resamples": bootstrap,
+            "seed": bootstrap_seed,
+            "unit": "image",
+            "interval": "percentile 95 %",
+            "paired_against": "baseline",
+        },
         "variants": rows,
         "provenance": provenance({"command": shlex.join(sys.argv), "seed": seed}),
         "wall_time_s": round(time.perf_counter() - start, 1),
@@ -214,7 +291,7 @@ def markdown(report: Mapping[str, Any]) -> str:
         return "–" if x is None else f"{x:.1f}"
 
     body = [
-        [v["label"], ", ".join(v["groups"])] + [f(v["metrics"][s]["value"]) for s in splits]
+        [v["label"], ", ".join(v["groups"])] + [_value_text(v["metrics"][s]) for s in splits]
         + [f(v["mean"])]
         for v in variants
     ]  # fmt: skip
@@ -229,6 +306,20 @@ def markdown(report: Mapping[str, Any]) -> str:
         tabulate(body, headers=head, tablefmt="github", disable_numparse=True),
         "",
     ]
+    delta_table = _delta_table(variants, splits)
+    if delta_table:
+        base = next((v["label"] for v in variants if v.get("id") == "baseline"), "baseline")
+        boot = report.get("bootstrap", {})
+        lines += [
+            f"## Δ vs {base} [95 % CI]",
+            "",
+            "Variant − baseline per split, in points, on the same image resamples for both "
+            f"({boot.get('resamples')} resamples, seed {boot.get('seed')}); `*`: the "
+            "interval excludes 0.",
+            "",
+            delta_table,
+            "",
+        ]
     cross = [
         (v["label"], v["cross_type"])
         for v in variants
@@ -248,8 +339,41 @@ def markdown(report: Mapping[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def _value_text(cell: Mapping[str, Any]) -> str:
+    """``41.3 [38.0, 44.9]`` (the interval when bootstrapped), ``–`` when missing."""
+    if cell["value"] is None:
+        return "–"
+    ci = cell.get("ci95")
+    return f"{cell['value']:.1f}" + (f" [{ci[0]:.1f}, {ci[1]:.1f}]" if ci else "")
+
+
+def _delta_table(variants: Sequence[Mapping[str, Any]], splits: Sequence[str]) -> str:
+    """Non-baseline variant × split: the paired Δ vs the baseline row (``delta_text``); empty
+    when no variant has one."""
+    from tabulate import tabulate
+
+    from posebh.reproduce.deltas import PairedDelta, delta_text
+
+    def cell(v: Mapping[str, Any], split: str) -> str:
+        d = (v.get("delta_vs_baseline") or {}).get(split)
+        if not d:
+            return delta_text(None)
+        ci = tuple(d["ci95"]) if d.get("ci95") else None
+        return delta_text(
+            PairedDelta(split, d["metric"], "baseline", v["id"], d["delta"], ci, d["p"])
+        )
+
+    rows = [[v["label"]] + [cell(v, s) for s in splits]
+            for v in variants if v.get("delta_vs_baseline")]  # fmt: skip
+    if not rows:
+        return ""
+    head = ["variant"] + [f"{s} {variants[0]['metrics'][s]['metric']}" for s in splits]
+    return tabulate(rows, headers=head, tablefmt="github", disable_numparse=True)
+
+
 def _cross_table(cross: Sequence[tuple[str, Mapping[str, Any]]]) -> str:
-    """Variant × head: 'own / others (gap)' in percent (AP fractions scaled, PCKh as is)."""
+    """Variant × head: 'own / others (gap)' in percent (AP fractions scaled, PCKh as is),
+    each with its 95 % interval when bootstrapped: 'own [ci] / others [ci] (gap [ci])'."""
     from tabulate import tabulate
 
     heads = list(cross[0][1]["summary"])
@@ -258,13 +382,22 @@ def _cross_table(cross: Sequence[tuple[str, Mapping[str, Any]]]) -> str:
     def pct(d: str, x: float | None) -> float | None:
         return None if x is None else (x if metric.get(d) == "PCKh" else 100.0 * x)
 
+    def ci(d: str, s: Mapping[str, Any], key: str, sign: str = "") -> str:
+        c = s.get(f"{key}_ci95")
+        if not c or c[0] is None or c[1] is None:
+            return ""
+        lo, hi = pct(d, c[0]), pct(d, c[1])
+        return f" [{lo:{sign}.1f}, {hi:{sign}.1f}]"
+
     def cell(d: str, s: Mapping[str, Any] | None) -> str:
         if not s or s.get("in_domain") is None:
             return "–"
         own, other, gap = (pct(d, s.get(k)) for k in ("in_domain", "cross_mean", "gap"))
+        own_text = f"{own:.1f}{ci(d, s, 'in_domain')}"
         if other is None:
-            return f"{own:.1f} / –"
-        return f"{own:.1f} / {other:.1f} ({gap:+.1f})"
+            return f"{own_text} / –"
+        return (f"{own_text} / {other:.1f}{ci(d, s, 'cross_mean')} "
+                f"({gap:+.1f}{ci(d, s, 'gap', '+')})")  # fmt: skip
 
     rows = [[label] + [cell(d, c["summary"].get(d)) for d in heads] for label, c in cross]
     headers = ["variant"] + [f"{d} {metric.get(d, '')}".strip() for d in heads]
@@ -294,10 +427,16 @@ def _plot(report: Mapping[str, Any], path: Path) -> Path:
     width = 0.8 / len(variants)
     x = np.arange(len(splits))
     for i, v in enumerate(variants):
-        ys = [v["metrics"][s]["value"] or 0.0 for s in splits]
-        ax.bar(x + i * width, ys, width, label=v["label"])
+        cells = [v["metrics"][s] for s in splits]
+        ys = [c["value"] or 0.0 for c in cells]
+        # Whiskers: the 95 % interval (asymmetric; none where not bootstrapped).
+        cis = [c.get("ci95") or (y, y) for y, c in zip(ys, cells, strict=True)]
+        lows = [max(0.0, y - lo) for y, (lo, _) in zip(ys, cis, strict=True)]
+        highs = [max(0.0, hi - y) for y, (_, hi) in zip(ys, cis, strict=True)]
+        ax.bar(x + i * width, ys, width, label=v["label"], yerr=[lows, highs], capsize=2,
+               error_kw={"elinewidth": 0.8})  # fmt: skip
     ax.set_xticks(x + 0.4 - width / 2, [s.replace(" ", "\n") for s in splits])
-    ax.set_ylabel("AP / PCKh (%)")
+    ax.set_ylabel("AP / PCKh (%), whiskers: 95 % interval")
     ax.set_title("PoseBH ablations — SYNTHETIC world, tiny models (not comparable to the paper)")
     ax.legend(fontsize=7, ncol=2)
     fig.tight_layout()
