@@ -1,5 +1,5 @@
-"""Coverage of the bootstrap's percentile 95 % interval for COCO-style AP, on a generated
-problem whose true AP is known.
+"""Coverage of the bootstrap's percentile 95 % interval for COCO-style AP and the mean metrics, on
+generated problems whose true value is known.
 
 Slow (``@pytest.mark.slow``, run by ``pytest tests`` as CI does; deselect with
 ``-m "not slow"``): about 70 s of CPU on the 2-core machine (100 s wall while it was shared).
