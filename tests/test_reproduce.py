@@ -200,6 +200,20 @@ def test_real_mode_on_fixtures(fixture_root: Path, fixture_weights: Path, tmp_pa
     assert cells[("coco_wholebody", "AP", "vitpose_plus_b")]["measured"] is not None
     md = (out / "results.md").read_text()
     assert "77.3 / " in md and "✗" in md
+    # The paired Δ PoseBH-B − ViTPose++-B: the full-set difference of the two cells, and the
+    # same interval as `posebh compare` on the two written predictions.json files.
+    delta = next(d for d in report["deltas"] if d["row"] == "COCO val" and d["metric"] == "AP")
+    base = cells[("coco", "AP", "vitpose_plus_b")]
+    assert delta["delta"] == pytest.approx(coco["measured"] - base["measured"], abs=1e-9)
+    from posebh.compare import CompareInputs, compare
+
+    ann = fixture_root / "coco" / "annotations" / "person_keypoints_val2017.json"
+    paired = compare(base["eval_dir"], coco["eval_dir"], CompareInputs("coco", ann),
+                     num_resamples=report["bootstrap"]["resamples"], seed=0)  # fmt: skip
+    assert delta["ci95"] == pytest.approx(paired["metrics"]["AP"]["ci95"], abs=1e-9)
+    assert "Δ PoseBH-B − ViTPose++-B [95 % CI]" in md
+    lo, hi = coco["ci95"]
+    assert lo <= coco["measured"] <= hi
     assert report["provenance"]["commit"] is None or len(report["provenance"]["commit"]) == 40
     assert report["checkpoints"]["posebh_b"]["multi_dataset"] is True
     # The fixtures have no train splits: every floor says so instead of showing a number.
