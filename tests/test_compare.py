@@ -129,3 +129,78 @@ def test_eval_bootstrap_writes_ci95_and_the_seed(fixtures_dir: Path, tmp_path: P
     off = json.loads((out / "off" / "metrics.json").read_text())
     assert "ci95" not in off["metrics"] and off["meta"]["bootstrap"] is None
     assert off["metrics"]["AP"] == saved["metrics"]["AP"]  # the full-set value is untouched
+
+
+# ------------------------------------------------------------------------------------------
+# SynthPose: every metric family of the six datasets, in the real on-disk formats
+# ------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def synth_world(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from posebh.synth import generate
+
+    out = tmp_path_factory.mktemp("synth_bootstrap")
+    generate(out, "tiny", seed=0, progress=False)
+    return out
+
+
+def _noisy_predictions(instances, sigma_px: float, seed: int) -> list[dict]:
+    from posebh.evaluate import ground_truth_predictions
+
+    rng = np.random.default_rng(seed)
+    preds = ground_truth_predictions(instances)
+    for p in preds:
+        k = np.asarray(p["keypoints"], dtype=np.float64)
+        k[:, :2] += rng.normal(0, sigma_px, (k.shape[0], 2))
+        k[:, 2] = rng.uniform(0.3, 1.0, k.shape[0])
+        p["keypoints"] = k
+        p["score"] = float(rng.uniform(0.5, 1.0))
+    return preds
+
+
+@pytest.mark.parametrize("dataset", ["coco", "aic", "mpii", "ap10k", "coco_wholebody"])
+def test_identity_resample_on_synthpose(synth_world: Path, dataset: str) -> None:
+    """On SynthPose the identity resample gives the full-set metrics (pycocotools' for OKS AP,
+    pckh's for MPII) to 1e-12."""
+    from posebh.datasets import default_spec, read_dataset
+    from posebh.evaluate import _flat_metrics, default_protocol, score_records, scored_records
+
+    spec = default_spec(dataset, "test" if dataset == "ap10k" else "val", synth_world)
+    instances, _ = read_dataset(spec)
+    protocol = default_protocol(dataset)
+    records, _ = scored_records(_noisy_predictions(instances, 3.0, 0), instances, spec, protocol)
+    metrics, r = score_records(records, instances, spec, protocol, resample=True)
+    flat = _flat_metrics(metrics)
+    want = np.array([np.nan if flat[n] == -1 else flat[n] for n in r.names])
+    got = r.values(np.ones((1, r.num_units), dtype=np.int64))[0]
+    np.testing.assert_allclose(got, want, rtol=0, atol=1e-12, equal_nan=True)
+    assert metrics == score_records(records, instances, spec, protocol)[0]
+
+
+def test_compare_mpii_predictions(synth_world: Path, tmp_path: Path) -> None:
+    """posebh compare on posebh's per-instance predictions.json (MPII PCKh): Δ is the full-set
+    PCKh difference; a record with a wrong index is refused naming file and field."""
+    from posebh.datasets import default_spec, read_dataset
+    from posebh.evaluate import default_protocol, score_records, scored_records
+
+    spec = default_spec("mpii", "val", synth_world)
+    instances, _ = read_dataset(spec)
+    protocol = default_protocol("mpii")
+    files, pckh_of = [], []
+    for sigma, name in ((2.0, "a.json"), (6.0, "b.json")):
+        records, _ = scored_records(_noisy_predictions(instances, sigma, 1), instances, spec,
+                                    protocol)  # fmt: skip
+        (tmp_path / name).write_text(json.dumps(records))
+        files.append(tmp_path / name)
+        pckh_of.append(score_records(records, instances, spec, protocol)[0]["PCKh"])
+    inputs = CompareInputs("mpii", Path(spec.ann_file))
+    result = compare(*files, inputs, num_resamples=200, seed=0)
+    m = result["metrics"]["PCKh"]
+    assert m["delta"] == pytest.approx(pckh_of[1] - pckh_of[0], abs=1e-12)
+    assert m["ci95"][0] <= m["delta"] <= m["ci95"][1]
+    bad = json.loads(files[0].read_text())
+    bad[0]["index"] = len(bad) + 5
+    (tmp_path / "bad.json").write_text(json.dumps(bad))
+    with pytest.raises(ValueError, match=r"bad\.json: record 0: field 'index'"):
+        compare(files[0], tmp_path / "bad.json", inputs, num_resamples=10)

@@ -709,3 +709,71 @@ def test_ablations_end_to_end(tmp_path: Path) -> None:
         assert d["delta"] == pytest.approx(m1["value"] - base["value"], abs=1e-9), split
         assert base["ci95"][0] <= base["ci95"][1] and d["ci95"][0] <= d["ci95"][1]
     assert "## Δ vs multi-head baseline (ViTPose++) [95 % CI]" in (out / "results.md").read_text()
+
+
+def test_verdict_uses_the_interval_widened_by_the_tolerance() -> None:
+    """Real cells: "pass" (consistent) iff the published value lies in [lo − tol, hi + tol];
+    without an interval, within tol of the measured value."""
+    from posebh.reproduce.harness import _status
+
+    assert _status(77.3, 76.0, 0.5, "real", (75.5, 76.9)) == "pass"  # 77.3 ≤ 76.9 + 0.5
+    assert _status(77.5, 76.0, 0.5, "real", (75.5, 76.9)) == "fail"  # 77.5 > 77.4
+    assert _status(75.0, 76.0, 0.5, "real", (75.5, 76.9)) == "pass"  # 75.0 ≥ 75.5 − 0.5
+    assert _status(74.9, 76.0, 0.5, "real", (75.5, 76.9)) == "fail"
+    assert _status(77.3, 76.0, 0.5, "real", None) == "fail"  # |Δ| = 1.3 > 0.5
+    assert _status(77.3, 77.0, 0.5, "real", None) == "pass"
+    assert _status(77.3, 76.0, 0.5, "synthetic", (75.5, 76.9)) == "synthetic"
+
+
+def test_figure_labels_are_the_table_cell_text(monkeypatch, tmp_path: Path) -> None:
+    """The expected-vs-measured figure writes, for every cell that ran, exactly the measured
+    text of the table cell (value and interval) and the published value as the table has it;
+    cells that did not run are not drawn."""
+    from matplotlib.text import Text
+
+    from posebh import plots
+    from posebh.reproduce.harness import Cell, TableRun, _plots, wide_table
+
+    table = load_table("table1")
+    rows = {r.dataset: r for r in table.rows}
+    cells = []
+    for dataset, model, label, measured, ci in (
+        ("coco", "vitpose_plus_b", "ViTPose++-B", 12.345, (10.04, 14.96)),
+        ("coco", "posebh_b", "PoseBH-B", 13.05, (11.5, 14.449)),
+        ("mpii", "posebh_b", "PoseBH-B", 30.0, (28.0, 32.0)),
+        ("mpii", "vitpose_plus_b", "ViTPose++-B", None, None),
+    ):
+        row = rows[dataset]
+        metric = row.metrics[0]
+        cells.append(Cell(row=row.label, dataset=dataset, split=row.split, metric=metric,
+                          model=model, model_label=label,
+                          expected=row.expected_value(model, metric), measured=measured,
+                          tolerance=0.5, status="synthetic" if measured is not None
+                          else "not run", ci95=ci))  # fmt: skip
+    ctx = RunContext(data_root=Path("data"), weights=Path("weights"), mode="synthetic",
+                     measured_label="x", progress=False)  # fmt: skip
+    run = TableRun(table, ctx, cells, {}, 0.0)
+    seen: dict[str, list] = {}
+    draw = plots.plot_expected_vs_measured
+
+    def capture(cells_, path, **kw):
+        seen["cells"] = cells_
+        return draw(cells_, path, **kw)
+
+    monkeypatch.setattr(plots, "plot_expected_vs_measured", capture)
+    monkeypatch.setattr("posebh.reproduce.harness._model_plots", lambda run, out: {})
+    _plots(run, tmp_path)
+    fig = plots._figure_expected_vs_measured(seen["cells"], title="t", measured_label="x")
+    fig.canvas.draw()
+    drawn = {t.get_text() for t in fig.findobj(Text) if t.get_visible()}
+    table_text = wide_table(run)
+    for c in cells:
+        if c.measured is None:
+            continue
+        digits = 2 if c.metric == "EPE" else 1
+        measured = f"{c.measured:.{digits}f} [{c.ci95[0]:.{digits}f}, {c.ci95[1]:.{digits}f}]"
+        assert f"syn {measured}" in table_text  # the table's cell …
+        assert measured in drawn  # … and the figure's label, the same string
+        assert f"{c.expected:.{digits}f}" in drawn
+    assert not any("30.0 [28.0, 32.0]" in t and "ViTPose" in t for t in drawn)
+    assert sum(t.startswith("12.3 [") or t.startswith("13.1 [") for t in drawn) == 2

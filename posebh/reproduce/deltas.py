@@ -100,10 +100,16 @@ def delta_text(d: PairedDelta | None, digits: int = 1) -> str:
     """``+0.4 [-0.2, +1.0]``, with `` *`` when the interval excludes 0; ``–`` when missing."""
     if d is None or d.delta is None:
         return "–"
-    text = f"{d.delta:+.{digits}f}"
+    text = _signed(d.delta, digits)
     if d.ci95 is not None:
-        text += f" [{d.ci95[0]:+.{digits}f}, {d.ci95[1]:+.{digits}f}]"
+        text += f" [{_signed(d.ci95[0], digits)}, {_signed(d.ci95[1], digits)}]"
     return text + (" *" if d.excludes_zero else "")
+
+
+def _signed(v: float, digits: int) -> str:
+    """``+0.4``; a value that rounds to zero prints ``+0.0`` (no ``-0.0``)."""
+    text = f"{v:+.{digits}f}"
+    return "+" + text[1:] if float(text) == 0.0 else text
 
 
 def deltas_by_key(deltas: Sequence[PairedDelta]) -> dict[tuple[str, str, str], PairedDelta]:
