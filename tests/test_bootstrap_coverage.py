@@ -30,8 +30,7 @@ whose joints carry isotropic Gaussian errors of a per-instance scale s ∈ {4, 8
 truth is exact — a 2-D Gaussian error's norm is Rayleigh: P(r < t) = 1 − exp(−t²/2s²),
 E r = s·√(π/2) — and 200 draws of 100 images (1 + Poisson(0.5) instances each) must cover it
 in 90–99 % of the draws. Measured: PCK truth 0.8327, coverage 0.940, mean width 0.069; AUC
-0.6001, 0.940, 0.061; EPE 11.70 px, 0.945, 2.03 px. It skips, saying so, where
-``pck_auc_epe_resampler`` is absent (before the PCK/AUC/EPE resamplers are merged).
+0.6001, 0.940, 0.061; EPE 11.70 px, 0.945, 2.03 px.
 """
 
 from __future__ import annotations
@@ -41,6 +40,7 @@ import pytest
 
 pytest.importorskip("pycocotools", reason="COCO-style AP is pycocotools' evaluation")
 
+from posebh.evaluation import pck_auc_epe_resampler
 from posebh.evaluation.bootstrap import bootstrap
 from posebh.evaluation.coco_resample import oks_resampler
 from posebh.evaluation.simulate import keypoint_problem
@@ -114,11 +114,6 @@ def _mean_problem(seed: int) -> tuple[np.ndarray, ...]:
 
 @pytest.mark.slow
 def test_percentile_interval_covers_the_true_mean_metrics() -> None:
-    import posebh.evaluation as evaluation
-
-    make = getattr(evaluation, "pck_auc_epe_resampler", None)
-    if make is None:
-        pytest.skip("posebh.evaluation.pck_auc_epe_resampler is not in this tree (issue 17 part)")
     # auc()'s thresholds i / AUC_THRS of distances normalised by AUC_NORM_PX.
     auc_radii = np.arange(AUC_THRS) / AUC_THRS * AUC_NORM_PX
     truth = {
@@ -130,7 +125,7 @@ def test_percentile_interval_covers_the_true_mean_metrics() -> None:
     widths = {name: [] for name in truth}
     for seed in range(DRAWS):
         pred, gt, mask, norm, image_ids = _mean_problem(seed)
-        resampler = make(pred, gt, mask, norm, image_ids, pck_thr=PCK_THR,
+        resampler = pck_auc_epe_resampler(pred, gt, mask, norm, image_ids, pck_thr=PCK_THR,
                          auc_norm=AUC_NORM_PX, auc_num_thrs=AUC_THRS)  # fmt: skip
         out = bootstrap(resampler, RESAMPLES, seed)
         for name, value in truth.items():
