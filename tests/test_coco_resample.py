@@ -104,7 +104,13 @@ def test_identity_resample_is_pycocotools_bit_for_bit(seed: int) -> None:
 
 
 @pytest.mark.parametrize("seed", [3, 4, 5, 6])
-def test_multiset_equals_pycocotools_on_duplicated_images(seed: int) -> None:
+@pytest.mark.parametrize("at_once", [True, False])
+def test_multiset_equals_pycocotools_on_duplicated_images(
+    seed: int, at_once: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Both ways of locating the recall thresholds: all rows compared at once, row by row."""
+    if not at_once:
+        monkeypatch.setattr("posebh.evaluation.coco_resample._COMPARE_AT_ONCE", 0)
     gt, dets = _problem(40, seed)
     matches = CocoMatches.from_cocoeval(_cocoeval(gt, dets))
     counts = np.random.default_rng(seed).multinomial(40, np.full(40, 1 / 40), size=3)
