@@ -20,7 +20,7 @@ import torch
 
 from posebh.checkpoint import save_atomically
 from posebh.commands import compare, regression, reproduce, train
-from posebh.evaluation.bootstrap import DEFAULT_RESAMPLES
+from posebh.commands.bootstrap_flags import add_bootstrap_arguments
 from posebh.keyvalue import parse_pairs
 
 EXAMPLES = """\
@@ -324,14 +324,7 @@ def _add_crosstype(sub: argparse._SubParsersAction) -> None:
     ct.add_argument("--batch-size", type=int, default=64)
     ct.add_argument("--device", default="cpu")
     ct.add_argument("--no-progress", action="store_true")
-    ct.add_argument(
-        "--bootstrap",
-        type=int,
-        default=DEFAULT_RESAMPLES,
-        metavar="N",
-        help="image resamples for each cell's 95%% interval (0: off)",
-    )
-    ct.add_argument("--bootstrap-seed", type=int, default=0)
+    add_bootstrap_arguments(ct, "each cell's 95 %% interval")
     ct.set_defaults(func=_cmd_crosstype)
 
 
@@ -581,15 +574,7 @@ def build_parser(progs: Mapping[str, str] | None = None) -> argparse.ArgumentPar
         help="forward pass under torch.autocast in bf16/fp16 (decode stays fp32); default "
         "fp32, the exact path",
     )
-    ev.add_argument(
-        "--bootstrap",
-        type=int,
-        default=DEFAULT_RESAMPLES,
-        metavar="N",
-        help="95 %% interval of every metric from N resamples of the evaluation images, in "
-        f"metrics.json's ci95 (default {DEFAULT_RESAMPLES}; 0 turns it off)",
-    )
-    ev.add_argument("--bootstrap-seed", type=int, default=0, help="resampling seed (in meta)")
+    add_bootstrap_arguments(ev, "every metric's 95 %% interval (metrics.json's ci95)")
     ev.add_argument(
         "--max-instances",
         type=int,

@@ -7,8 +7,8 @@ import argparse
 import json
 from pathlib import Path
 
+from posebh.commands.bootstrap_flags import add_bootstrap_arguments
 from posebh.compare import CompareInputs, compare, compare_markdown
-from posebh.evaluation.bootstrap import DEFAULT_RESAMPLES
 
 __all__ = ["add_parser"]
 
@@ -29,8 +29,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--dataset", required=True, help="coco, aic, mpii, ap10k, apt36k, …")
     p.add_argument("--ann-file", type=Path, required=True, help="the ground-truth annotations")
     p.add_argument("--gt-file", type=Path, default=None, help="MPII: mpii_gt_val.mat")
-    p.add_argument("--bootstrap", type=int, default=DEFAULT_RESAMPLES, help="resamples")
-    p.add_argument("--seed", type=int, default=0, help="resampling seed")
+    add_bootstrap_arguments(p, "the intervals and p-values (≥ 1 here)", seed_flag="--seed")
     p.add_argument("--out", type=Path, default=Path("results") / "compare")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=_cmd_compare)

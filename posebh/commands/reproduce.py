@@ -11,7 +11,7 @@ import sys
 from collections.abc import Mapping
 from pathlib import Path
 
-from posebh.evaluation.bootstrap import DEFAULT_RESAMPLES
+from posebh.commands.bootstrap_flags import add_bootstrap_arguments
 from posebh.reproduce import ablations
 from posebh.reproduce.run import TableOptions, link_latest, run_id, run_table
 from posebh.reproduce.tables import TABLE_NAMES, load_table
@@ -155,15 +155,7 @@ def _add_table_arguments(p: argparse.ArgumentParser) -> None:
         help="evaluate (and floor) only the first N instances of every row, in file order; "
         "the reports say so (a smoke run on real-size files, not a result)",
     )
-    p.add_argument(
-        "--bootstrap",
-        type=int,
-        default=DEFAULT_RESAMPLES,
-        metavar="N",
-        help=f"image resamples behind every interval and paired Δ (default {DEFAULT_RESAMPLES}"
-        "; 0: none)",
-    )
-    p.add_argument("--bootstrap-seed", type=int, default=0, help="resampling seed")
+    add_bootstrap_arguments(p, "every interval and paired Δ")
 
 
 def _cmd_table(args: argparse.Namespace) -> int:
@@ -209,14 +201,7 @@ def _add_ablation_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--only", default=None, help="comma-separated variant ids")
     p.add_argument("--no-cross-type", action="store_true")
     p.add_argument("--no-progress", action="store_true")
-    p.add_argument(
-        "--bootstrap",
-        type=int,
-        default=DEFAULT_RESAMPLES,
-        metavar="N",
-        help="image resamples for the intervals and the paired Δ vs the baseline (0: off)",
-    )
-    p.add_argument("--bootstrap-seed", type=int, default=0)
+    add_bootstrap_arguments(p, "the intervals and the paired Δ against the baseline")
     p.add_argument("--data-root", type=Path, default=None, help="--train: official data/")
     p.add_argument("--weights", type=Path, default=None, help=argparse.SUPPRESS)
     p.add_argument("--train", action="store_true")
