@@ -160,7 +160,10 @@ def _flat_keypoints(value: Any, where: str, field: str, length: int | None) -> l
 
 def _length_message(where: str, fields: tuple[str, ...], got: int, expected: int) -> str:
     names = "+".join(map(repr, fields))
-    return f"{where}: {names} has {got} values, expected {expected} (len(sigmas) x 3)"
+    return (
+        f"{where}: {names} has {got} values, expected {expected} (len(sigmas) x 3). Fix: "
+        "score results of this dataset's skeleton (x, y, score per keypoint)"
+    )
 
 
 def _check_dataset(dataset: Any, src: str) -> None:
@@ -303,9 +306,15 @@ def _prepare_results(
             if key not in rec:
                 raise ValueError(f"{where}: missing field {key!r}")
         if rec["image_id"] not in image_ids:
-            raise ValueError(f"{where}: image_id {rec['image_id']!r} is not in the GT file")
+            raise ValueError(
+                f"{where}: image_id {rec['image_id']!r} is not in the GT file. Fix: score "
+                "results predicted on this annotation file's images"
+            )
         if rec["category_id"] not in cat_ids:
-            raise ValueError(f"{where}: category_id {rec['category_id']!r} not in the GT file")
+            raise ValueError(
+                f"{where}: category_id {rec['category_id']!r} not in the GT file. Fix: use the "
+                "GT file's category ids"
+            )
         if score_key in rec:
             score = rec[score_key]
             used = score_key
