@@ -22,6 +22,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from posebh.evaluation.bootstrap import DEFAULT_RESAMPLES
 from posebh.protocol import get_protocol
 from posebh.reproduce.tables import Table, TableRow
 
@@ -40,7 +41,7 @@ def eval_command(
     decode_backend: str = "auto",
     max_instances: int | None = None,
     progress: bool = True,
-    bootstrap: int = 0,
+    bootstrap: int = DEFAULT_RESAMPLES,
     bootstrap_seed: int = 0,
 ) -> list[str]:
     """The ``torchrun ... posebh.cli eval`` command of one cell (see the module)."""

@@ -161,6 +161,7 @@ def run_table(
             table, context.data_root, context.weights, out, models=models,
             ranks=context.gpus, device=o.device or "cuda", batch_size=o.batch_size,
             decode_backend=o.decode_backend, max_instances=o.max_instances, progress=o.progress,
+            bootstrap=o.bootstrap, bootstrap_seed=o.bootstrap_seed,
         )  # fmt: skip
         for cmd in plan:
             log("$ " + shlex.join(cmd))
