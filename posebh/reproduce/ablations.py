@@ -139,7 +139,8 @@ def _deltas_vs_baseline(
     """Per split: the variant − baseline Δ of the headline on the same image resamples, in
     percent (``delta``, ``ci95``, ``p``, ``excludes_zero``); None where a side has no
     Resampler."""
-    from posebh.reproduce.tables import METRIC_READERS, flat_metric_name
+    from posebh.reproduce.deltas import excludes_zero, in_table_units
+    from posebh.reproduce.tables import flat_metric_name
 
     out: dict[str, dict[str, Any] | None] = {}
     for split, v in values.items():
@@ -148,20 +149,18 @@ def _deltas_vs_baseline(
             continue
         dataset = split.split(" ")[0]
         metric, part = _headline(dataset)
-        factor = METRIC_READERS[metric][1]
         paired = paired_bootstrap(baseline[split], variant[split], num_resamples, seed)
-        r = paired.get(flat_metric_name(metric, part))
-        if r is None:
+        scaled = in_table_units(paired.get(flat_metric_name(metric, part)), metric)
+        if scaled is None:
             out[split] = None
             continue
-        lo, hi = r["ci95"]
-        ci = None if lo is None or hi is None else [lo * factor, hi * factor]
+        delta, ci, p = scaled
         out[split] = {
             "metric": v["metric"],
-            "delta": r["delta"] * factor,
-            "ci95": ci,
-            "p": r["p"],
-            "excludes_zero": ci is not None and (ci[0] > 0 or ci[1] < 0),
+            "delta": delta,
+            "ci95": None if ci is None else list(ci),
+            "p": p,
+            "excludes_zero": excludes_zero(ci),
         }
     return out
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from posebh.evaluation.bootstrap import Resampler, paired_bootstrap
 from posebh.reproduce.tables import (
@@ -22,7 +23,15 @@ from posebh.reproduce.tables import (
     flat_metric_name,
 )
 
-__all__ = ["PairedDelta", "delta_text", "deltas_by_key", "model_pairs", "paired_deltas"]
+__all__ = [
+    "PairedDelta",
+    "delta_text",
+    "deltas_by_key",
+    "excludes_zero",
+    "in_table_units",
+    "model_pairs",
+    "paired_deltas",
+]
 
 
 @dataclass(frozen=True)
@@ -40,7 +49,25 @@ class PairedDelta:
 
     @property
     def excludes_zero(self) -> bool:
-        return self.ci95 is not None and (self.ci95[0] > 0 or self.ci95[1] < 0)
+        return excludes_zero(self.ci95)
+
+
+def excludes_zero(ci95: Sequence[float] | None) -> bool:
+    """The interval lies entirely above or below 0."""
+    return ci95 is not None and (ci95[0] > 0 or ci95[1] < 0)
+
+
+def in_table_units(
+    paired: Mapping[str, Any] | None, metric: str
+) -> tuple[float, tuple[float, float] | None, float] | None:
+    """One :func:`~posebh.evaluation.bootstrap.paired_bootstrap` entry as (Δ, its interval,
+    p) in the table's unit of ``metric``; None for a metric that was not scored."""
+    if paired is None:
+        return None
+    f = METRIC_READERS[metric][1]
+    lo, hi = paired["ci95"]
+    ci = None if lo is None or hi is None else (lo * f, hi * f)
+    return paired["delta"] * f, ci, paired["p"]
 
 
 def model_pairs(table: Table) -> list[tuple[ModelColumn, ModelColumn]]:
@@ -83,16 +110,12 @@ def _row_deltas(
     result = paired_bootstrap(ra, rb, num_resamples, seed)
     deltas = []
     for m in row.metrics:
-        r = result.get(flat_metric_name(m, row.part))
-        if r is None:
+        scaled = in_table_units(result.get(flat_metric_name(m, row.part)), m)
+        if scaled is None:
             deltas.append(PairedDelta(row.label, m, baseline.id, model.id, None, None, None,
                                       "metric not scored"))  # fmt: skip
             continue
-        f = METRIC_READERS[m][1]
-        lo, hi = r["ci95"]
-        ci = None if lo is None or hi is None else (lo * f, hi * f)
-        deltas.append(PairedDelta(row.label, m, baseline.id, model.id, r["delta"] * f, ci,
-                                  r["p"]))  # fmt: skip
+        deltas.append(PairedDelta(row.label, m, baseline.id, model.id, *scaled))
     return deltas
 
 
