@@ -75,26 +75,39 @@ def is_official_split(state_dict: Mapping[str, Tensor]) -> bool:
     )
 
 
-def _head_layout(sd: Mapping[str, Tensor], prefix: str) -> tuple[int, int, int, int]:
-    """(num_keypoints, filters, num_deconv, kernel) of a TopdownHeatmapSimpleHead."""
+def _head_layout(sd: Mapping[str, Tensor], prefix: str) -> tuple[int, str, int, int, int]:
+    """(num_keypoints, decoder, filters, num_deconv, kernel) of a TopdownHeatmapSimpleHead.
+
+    The decoder is read off the final conv: 1×1 after the deconvs is the classic decoder;
+    3×3 with no deconvs is the simple one (``num_deconv_layers=0``, ``upsample=4``,
+    ``final_conv_kernel=3``), whose filters are then the backbone channels."""
     w = sd.get(prefix + "final_layer.weight")
     if w is None:
         raise CheckpointError(f"{prefix}final_layer.weight is missing")
-    if w.ndim != 4 or w.shape[-2:] != (1, 1):
-        raise CheckpointError(
-            f"{prefix}final_layer.weight has shape {list(w.shape)}; only the 1×1 final conv "
-            "(extra=dict(final_conv_kernel=1)) is supported"
-        )
     deconvs = sorted(
         int(m.group(1))
         for k in sd
         if (m := re.match(re.escape(prefix) + r"deconv_layers\.(\d+)\.weight$", k))
         and sd[k].ndim == 4
     )
+    if w.ndim == 4 and w.shape[-2:] == (3, 3):
+        if deconvs or any(k.startswith(prefix + "deconv_layers.") for k in sd):
+            raise CheckpointError(
+                f"{prefix}final_layer.weight is 3×3 but the head also has deconv_layers: only "
+                "the simple decoder (num_deconv_layers=0, final_conv_kernel=3) or the classic "
+                "one (deconvs, final_conv_kernel=1) is supported"
+            )
+        return w.shape[0], "simple", w.shape[1], 0, 4
+    if w.ndim != 4 or w.shape[-2:] != (1, 1):
+        raise CheckpointError(
+            f"{prefix}final_layer.weight has shape {list(w.shape)}; only the 1×1 final conv "
+            "(classic decoder, extra=dict(final_conv_kernel=1)) or the 3×3 one without deconvs "
+            "(simple decoder) is supported"
+        )
     if deconvs != [3 * i for i in range(len(deconvs))]:
         raise CheckpointError(f"{prefix}deconv_layers: unexpected layout {deconvs}")
     kernel = sd[f"{prefix}deconv_layers.0.weight"].shape[-1] if deconvs else 4
-    return w.shape[0], w.shape[1], len(deconvs), kernel
+    return w.shape[0], "classic", w.shape[1], len(deconvs), kernel
 
 
 def _grid_from_tokens(tokens: int) -> tuple[int, int] | None:
@@ -111,7 +124,8 @@ def infer_arch(source: Source, **arch: Any) -> dict[str, Any]:
     Inferred: ``embed_dim``, ``depth``, ``patch_size``, ``img_size`` (patch grid from
     ``pos_embed``, assuming 4:3 unless ``img_size`` is given), ``mlp_ratio``, ``qkv_bias``,
     ``num_experts``/``part_features`` (0 experts for plain or merged backbones),
-    ``num_keypoints`` (one per head), ``head_filters``/``num_deconv``/``head_kernel``,
+    ``num_keypoints`` (one per head), ``decoder`` (``"classic"`` or ``"simple"``, from the
+    final conv), ``head_filters``/``num_deconv``/``head_kernel``,
     ``proto_head``/``proto_channels``/``proto_dim``/``num_prototypes``/``proto_keypoints``
     and ``num_clusters``.  ``num_heads`` (not visible in shapes) and ``drop_path_rate``
     come from the preset table by ``embed_dim``.  Leftover tensors of an official split
@@ -177,16 +191,23 @@ def infer_arch(source: Source, **arch: Any) -> dict[str, Any]:
     shared = {lay[1:] for lay in layouts}
     if len(shared) > 1:
         raise CheckpointError(
-            f"heads differ in (filters, deconvs, kernel): {sorted(shared)}; posebh builds "
-            "all heads alike"
+            f"heads differ in (decoder, filters, deconvs, kernel): {sorted(shared)}; posebh "
+            "builds all heads alike"
         )
-    filters, n_deconv, kernel = shared.pop()
-    out.update(
-        num_keypoints=tuple(lay[0] for lay in layouts),
-        head_filters=filters,
-        num_deconv=n_deconv,
-        head_kernel=kernel,
-    )
+    decoder, filters, n_deconv, kernel = shared.pop()
+    out.update(num_keypoints=tuple(lay[0] for lay in layouts), decoder=decoder)
+    if decoder == "simple":
+        if filters != c:
+            raise CheckpointError(
+                f"keypoint_head.final_layer.weight reads {filters} channels but the backbone "
+                f"gives {c}: a simple decoder convolves the backbone features directly"
+            )
+        # The simple decoder has no deconvs; the classic fields keep their defaults.
+        defaults = PoseBHConfig()
+        out.update(head_filters=defaults.head_filters, num_deconv=0)
+        out.update(head_kernel=defaults.head_kernel)
+    else:
+        out.update(head_filters=filters, num_deconv=n_deconv, head_kernel=kernel)
 
     proto_keys = [k for k in sd if k.startswith("proto_head.")]
     out["proto_head"] = bool(proto_keys)

@@ -42,7 +42,8 @@ _QKV = ("query", "key", "value")
 
 
 def _head_to_hf(rest: str) -> str | None:
-    """TopdownHeatmapSimpleHead suffix → VitPoseClassicDecoder suffix."""
+    """TopdownHeatmapSimpleHead suffix → VitPoseClassicDecoder suffix (the simple decoder's
+    only tensors, ``final_layer.*``, are VitPoseSimpleDecoder's ``conv.*`` alike)."""
     if rest.startswith("final_layer."):
         return "conv." + rest[len("final_layer.") :]
     m = re.match(r"^deconv_layers\.(\d+)\.(.+)$", rest)

@@ -117,7 +117,9 @@ def _record_contradictions(
     tokens = sd["backbone.pos_embed"].shape[1] - 1
     rec = dataclasses.asdict(config)
     fields = ["embed_dim", "depth", "patch_size", "qkv_bias", "num_experts", "num_keypoints"]
-    fields += ["head_filters", "num_deconv", "proto_head"]
+    # head_filters means something for the classic decoder only.
+    both_classic = config.decoder == seen["decoder"] == "classic"
+    fields += ["decoder", *(["head_filters"] if both_classic else []), "num_deconv", "proto_head"]
     if config.num_experts and seen["num_experts"]:
         fields.append("part_features")
     if config.num_deconv and seen["num_deconv"]:

@@ -1,6 +1,6 @@
 """Models: the ViTMoE backbone, heatmap/prototype heads and the PoseBH assembly."""
 
-from posebh.models.heads import HeatmapHead, PrototypeHead
+from posebh.models.heads import HeatmapHead, PrototypeHead, SimpleHeatmapHead
 from posebh.models.posebh import (
     NUM_HEADS_BY_WIDTH,
     PRESETS,
@@ -19,6 +19,7 @@ __all__ = [
     "PoseBHConfig",
     "PoseBHOutput",
     "PrototypeHead",
+    "SimpleHeatmapHead",
     "ViTMoE",
     "build_model",
 ]

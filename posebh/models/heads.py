@@ -5,11 +5,14 @@ dataset, F embedding dimensions; every head upsamples ×4 to H×W = 64×48.
 
 Module and parameter names follow the official ``TopdownHeatmapSimpleHead`` and
 ``KptProtoHead`` (``deconv_layers.{0,1,3,4}``, ``final_layer``, ``neck.*``, ``head.{0,1,3}``)
-so that official tensors map one to one.
+so that official tensors map one to one.  :class:`HeatmapHead` is the classic decoder (the
+head of every ViTPose / ViTPose++ / PoseBH release), :class:`SimpleHeatmapHead` the simple
+decoder of the ViTPose ``*_simple_*`` configs.
 """
 
 from __future__ import annotations
 
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 
@@ -66,6 +69,34 @@ class HeatmapHead(nn.Module):
             elif isinstance(m, nn.BatchNorm2d):
                 nn.init.ones_(m.weight)
                 nn.init.zeros_(m.bias)
+
+
+class SimpleHeatmapHead(nn.Module):
+    """Features [B, C, h, w] → heatmaps [B, K, 4h, 4w]: ReLU → bilinear ×4 → 3×3 conv.
+
+    The official ``TopdownHeatmapSimpleHead`` with ``num_deconv_layers=0``, ``upsample=4``
+    and ``extra=dict(final_conv_kernel=3)`` (its ``align_corners=False`` default; the same
+    as ``transformers``' ``VitPoseSimpleDecoder``).  Its only tensors are ``final_layer.*``.
+    """
+
+    upsample = 4
+
+    def __init__(self, in_channels: int, num_keypoints: int) -> None:
+        super().__init__()
+        self.num_keypoints = num_keypoints
+        self.final_layer = nn.Conv2d(in_channels, num_keypoints, 3, padding=1)
+
+    def forward(self, features: Tensor) -> Tensor:
+        # relu is not in place: the features are shared with the other heads.
+        upsampled = F.interpolate(
+            F.relu(features), scale_factor=self.upsample, mode="bilinear", align_corners=False
+        )
+        return self.final_layer(upsampled)
+
+    def reset_parameters(self) -> None:
+        # mmpose's init for the final conv: N(0, 0.001) weight, zero bias.
+        nn.init.normal_(self.final_layer.weight, std=0.001)
+        nn.init.zeros_(self.final_layer.bias)
 
 
 class ResidualBlock(nn.Module):

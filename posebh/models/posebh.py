@@ -19,7 +19,7 @@ import torch
 from torch import Tensor, nn
 
 from posebh.cps import ClusterPrototypes
-from posebh.models.heads import HeatmapHead, PrototypeHead
+from posebh.models.heads import HeatmapHead, PrototypeHead, SimpleHeatmapHead
 from posebh.models.vit_moe import ViTMoE
 from posebh.prototypes import KeypointPrototypes
 from posebh.skeletons import NUM_KEYPOINTS
@@ -43,6 +43,10 @@ class PoseBHConfig:
     # One heatmap head per entry.
     # The keypoint counts of the official six-dataset training order (posebh.skeletons).
     num_keypoints: tuple[int, ...] = NUM_KEYPOINTS
+    # "classic": num_deconv × (deconv → BN → ReLU), then a 1×1 conv (head_filters,
+    # head_kernel); "simple": ReLU → bilinear ×4 → 3×3 conv (the ViTPose *_simple_* configs),
+    # which has no deconvs: num_deconv is set to 0 for it.
+    decoder: str = "classic"
     head_filters: int = 256
     head_kernel: int = 4
     num_deconv: int = 2
@@ -60,6 +64,15 @@ class PoseBHConfig:
     def __post_init__(self) -> None:
         if self.compat not in ("paper", "official"):
             raise ValueError(f"compat must be 'paper' or 'official', got {self.compat!r}")
+        if self.decoder not in ("classic", "simple"):
+            raise ValueError(f"decoder must be 'classic' or 'simple', got {self.decoder!r}")
+        if self.decoder == "simple":
+            if self.proto_head:
+                raise ValueError(
+                    "the prototype head is built on the classic decoder's deconvs; with "
+                    "decoder='simple' pass proto_head=False"
+                )
+            object.__setattr__(self, "num_deconv", 0)
         if not self.num_keypoints or min(self.num_keypoints) < 1:
             raise ValueError(f"num_keypoints needs ≥ 1 head of ≥ 1 keypoint: {self.num_keypoints}")
         object.__setattr__(self, "img_size", tuple(self.img_size))
@@ -71,8 +84,9 @@ class PoseBHConfig:
 
     @property
     def heatmap_size(self) -> tuple[int, int]:
-        """(H, W) of the heatmaps: the patch grid upsampled 2× per deconv."""
-        up = 2**self.num_deconv
+        """(H, W) of the heatmaps: the patch grid upsampled 2× per deconv (×4 for the
+        simple decoder)."""
+        up = SimpleHeatmapHead.upsample if self.decoder == "simple" else 2**self.num_deconv
         return (self.img_size[0] // self.patch_size * up, self.img_size[1] // self.patch_size * up)
 
 
@@ -129,7 +143,9 @@ class PoseBH(nn.Module):
             part_features=cfg.part_features,
         )
         self.heads = nn.ModuleList(
-            HeatmapHead(cfg.embed_dim, k, cfg.head_filters, cfg.num_deconv, cfg.head_kernel)
+            SimpleHeatmapHead(cfg.embed_dim, k)
+            if cfg.decoder == "simple"
+            else HeatmapHead(cfg.embed_dim, k, cfg.head_filters, cfg.num_deconv, cfg.head_kernel)
             for k in cfg.num_keypoints
         )
         self.proto_head: PrototypeHead | None = None
@@ -224,7 +240,8 @@ class PoseBH(nn.Module):
 def build_model(preset: str = "posebh_vit_base", **overrides) -> PoseBH:
     """Build a preset (``posebh_vit_{small,base,large,huge}``, ``vitpose_plus_*``), with any
     :class:`PoseBHConfig` field overridden, e.g. ``build_model("posebh_vit_small",
-    embed_dim=64, depth=2, num_heads=4, part_features=16)``."""
+    embed_dim=64, depth=2, num_heads=4, part_features=16)``.  A ViTPose-*-simple model:
+    ``build_model("vitpose_plus_base", decoder="simple", num_experts=0, num_keypoints=(17,))``."""
     if preset not in PRESETS:
         raise KeyError(f"unknown preset {preset!r}; choose one of {sorted(PRESETS)}")
     fields = {f.name for f in dataclasses.fields(PoseBHConfig)}
