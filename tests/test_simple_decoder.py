@@ -147,6 +147,9 @@ def test_bad_simple_heads_are_refused(ckpt: dict) -> None:
     sd["keypoint_head.final_layer.weight"] = torch.zeros(5, 16, 3, 3)
     with pytest.raises(CheckpointError, match=r"reads 16 channels but the backbone gives 32"):
         infer_arch(sd, num_heads=4)
+    sd = {**ckpt["state_dict"], "proto_head.head.0.weight": torch.zeros(8, 8, 3, 3)}
+    with pytest.raises(CheckpointError, match=r"proto_head.*simple-decoder"):
+        infer_arch(sd, num_heads=4)
 
 
 def test_config_rejects_simple_with_prototype_head() -> None:

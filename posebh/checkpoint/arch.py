@@ -210,6 +210,11 @@ def infer_arch(source: Source, **arch: Any) -> dict[str, Any]:
         out.update(head_filters=filters, num_deconv=n_deconv, head_kernel=kernel)
 
     proto_keys = [k for k in sd if k.startswith("proto_head.")]
+    if proto_keys and decoder == "simple":
+        raise CheckpointError(
+            "proto_head.* tensors next to a simple-decoder keypoint_head: posebh builds the "
+            "prototype head on the classic decoder's deconvs only"
+        )
     out["proto_head"] = bool(proto_keys)
     out["num_clusters"] = 0
     if proto_keys:
