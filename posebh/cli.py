@@ -31,6 +31,8 @@ examples:
   posebh convert vitpose+_base.pth coco_only.pth --split coco
   posebh convert posebh_base.pth transfer_init.pth --remove-prototypes
   posebh convert vitpose+_base.pth hf_weights.pth --to hf
+  posebh convert vitpose+_base.pth vitpose_hf/ --to hf
+  posebh convert vitpose+_base.pth vitpose+_base.safetensors --to safetensors
   posebh train --preset vitpose_plus_tiny_synth --data-root data --work-dir work/vitpose
   posebh synth --out data_synth --preset mini --seed 0
   posebh crosstype --checkpoint work/posebh/final.pth --data-root data_synth --out results/ct
@@ -44,10 +46,15 @@ examples:
 
 
 def _cmd_info(args: argparse.Namespace) -> int:
-    from posebh.checkpoint import infer_arch, is_official_split, read_state_dict
+    from posebh.checkpoint import (
+        infer_arch,
+        is_official_split,
+        official_state_dict,
+        read_checkpoint,
+    )
 
-    sd = read_state_dict(args.checkpoint)
-    arch = infer_arch(sd, **({"num_heads": args.num_heads} if args.num_heads else {}))
+    sd, known = official_state_dict(read_checkpoint(args.checkpoint), str(args.checkpoint))
+    arch = infer_arch(sd, **{**known, **({"num_heads": args.num_heads} if args.num_heads else {})})
     report = {
         "file": str(args.checkpoint),
         "tensors": len(sd),
@@ -59,39 +66,64 @@ def _cmd_info(args: argparse.Namespace) -> int:
     return 0
 
 
+_TORCH_SUFFIXES = (".pth", ".pt", ".bin")
+
+
 def _cmd_convert(args: argparse.Namespace) -> int:
     from posebh.checkpoint import (
-        from_hf,
-        is_posebh_naming,
-        read_state_dict,
+        hf_config,
+        hf_folder_tensors,
+        infer_config,
+        official_state_dict,
+        official_to_posebh,
+        read_checkpoint,
         remove_prototypes,
+        save_model_folder,
+        save_safetensors,
         split_official,
         to_hf,
-        to_official,
     )
+    from posebh.checkpoint.record import _find_record
 
-    sd = read_state_dict(args.src)
-    if args.from_hf:
-        sd = from_hf(sd)
-    if is_posebh_naming(sd):
-        sd = to_official(sd)  # the tools below speak the official naming
+    raw = read_checkpoint(args.src)
+    # The naming (official, posebh, transformers) is detected; --from-hf is kept for scripts.
+    sd, known = official_state_dict(raw, str(args.src))
+    record = _find_record(raw)
     notes = [f"source: {args.src}"]
     if args.split is not None:
         sd = split_official(sd, args.split, keep_prototype_head=args.keep_prototype_head)
         notes.append(f"split for dataset {args.split} (expert merged into fc2)")
+        record = None  # it describes the multi-dataset model
     if args.remove_prototypes:
         sd = remove_prototypes(sd, clusters=True)
         notes.append("prototype banks removed")
-    if args.to == "official":
-        out: object = {"state_dict": sd, "meta": {"posebh_convert": notes}}
-    elif args.to == "hf":
-        out = to_hf(sd)
+        record = None
+    dst = str(args.dst)
+    if args.to == "hf" and not dst.endswith((*_TORCH_SUFFIXES, ".safetensors")):
+        heads = {"num_heads": args.num_heads} if args.num_heads else {}
+        config = infer_config(sd, **{**known, **heads})
+        main, extra = hf_folder_tensors(sd)
+        save_model_folder(args.dst, main, hf_config(config), extra=extra)
+        print(
+            f"wrote {dst}/ (transformers model folder: config.json, model.safetensors"
+            f"{', posebh extra heads' if extra else ''}; {'; '.join(notes)})"
+        )
+        return 0
+    if args.to == "hf":
+        tensors = to_hf(sd)
+    elif args.to == "posebh":
+        tensors = official_to_posebh(sd)
+    else:  # official, or safetensors (official naming)
+        tensors = sd
+    if args.to == "safetensors" or dst.endswith(".safetensors"):
+        save_safetensors(tensors, args.dst, record=record if args.to != "hf" else None)
+    elif args.to == "official":
+        meta: dict[str, object] = {"posebh_convert": notes}
+        save_atomically({"state_dict": tensors, "meta": meta}, args.dst)
     else:
-        from posebh.checkpoint import official_to_posebh
-
-        out = official_to_posebh(sd)
-    save_atomically(out, args.dst)
-    print(f"wrote {args.dst} ({args.to} naming; {'; '.join(notes)})")
+        save_atomically(tensors, args.dst)
+    naming = "official" if args.to == "safetensors" else args.to
+    print(f"wrote {dst} ({naming} naming; {'; '.join(notes)})")
     return 0
 
 
@@ -613,14 +645,33 @@ def build_parser(progs: Mapping[str, str] | None = None) -> argparse.ArgumentPar
         "convert",
         help="convert between official (mmcv), posebh and Hugging Face namings; split or "
         "strip prototypes",
-        description="Read SRC (official, posebh or --from-hf naming), optionally split it for "
+        description="Read SRC (a .pth, a .safetensors file or a transformers model folder, in "
+        "official, posebh or transformers naming), optionally split it for "
         "one dataset (the official tools/model_split.py, without its leftover tensors) and/or "
         "remove the prototype banks (tools/remove_proto.py), and write DST.",
     )
     conv.add_argument("src", type=Path)
     conv.add_argument("dst", type=Path)
-    conv.add_argument("--to", choices=("official", "posebh", "hf"), default="official")
-    conv.add_argument("--from-hf", action="store_true", help="SRC uses transformers' naming")
+    conv.add_argument(
+        "--to",
+        choices=("official", "posebh", "hf", "safetensors"),
+        default="official",
+        help="naming of DST; hf with a DST folder writes a transformers model folder "
+        "(config.json + model.safetensors, loadable by VitPoseForPoseEstimation."
+        "from_pretrained); safetensors: official naming in a .safetensors file (any DST "
+        "ending in .safetensors is written as safetensors)",
+    )
+    conv.add_argument(
+        "--from-hf",
+        action="store_true",
+        help="SRC uses transformers' naming (detected anyway; kept for old scripts)",
+    )
+    conv.add_argument(
+        "--num-heads",
+        type=int,
+        default=None,
+        help="attention heads, needed only for --to hf from a non-preset width",
+    )
     conv.add_argument(
         "--split",
         default=None,

@@ -19,6 +19,8 @@ The modules, each importing only those above it:
   (:func:`model_record`, :func:`recorded_config`);
 - :mod:`~posebh.checkpoint.split`: the official tools (:func:`split_official`,
   :func:`remove_prototypes`, :data:`DATASET_ORDERS`);
+- :mod:`~posebh.checkpoint.hub`: transformers model folders: ``config.json`` both ways
+  (:func:`hf_config`, :func:`arch_from_hf_config`) and :func:`official_state_dict`;
 - :mod:`~posebh.checkpoint.loader`: :func:`load_model` (the one way every command builds a
   model from a file) and :func:`match_keys`.
 
@@ -30,13 +32,23 @@ the leftovers of the official split script (see :func:`load_model`) and an unuse
 
 from posebh.checkpoint.arch import infer_arch, infer_config, is_official_split
 from posebh.checkpoint.hf import from_hf, to_hf
+from posebh.checkpoint.hub import (
+    arch_from_hf_config,
+    hf_config,
+    hf_folder_tensors,
+    is_hf_naming,
+    official_state_dict,
+)
 from posebh.checkpoint.io import (
+    HF_CONFIG_KEY,
     MODEL_RECORD_KEY,
     TRAIN_CHECKPOINT_FORMAT,
     CheckpointError,
     read_checkpoint,
     read_state_dict,
     save_atomically,
+    save_model_folder,
+    save_safetensors,
 )
 from posebh.checkpoint.loader import KeyMatch, load_model, match_keys
 from posebh.checkpoint.naming import is_posebh_naming, official_to_posebh, to_official
@@ -45,24 +57,32 @@ from posebh.checkpoint.split import DATASET_ORDERS, remove_prototypes, split_off
 
 __all__ = [
     "DATASET_ORDERS",
+    "HF_CONFIG_KEY",
     "MODEL_RECORD_KEY",
     "TRAIN_CHECKPOINT_FORMAT",
     "CheckpointError",
     "KeyMatch",
+    "arch_from_hf_config",
     "from_hf",
+    "hf_config",
+    "hf_folder_tensors",
     "infer_arch",
     "infer_config",
+    "is_hf_naming",
     "is_official_split",
     "is_posebh_naming",
     "load_model",
     "match_keys",
     "model_record",
+    "official_state_dict",
     "official_to_posebh",
     "read_checkpoint",
     "read_state_dict",
     "recorded_config",
     "remove_prototypes",
     "save_atomically",
+    "save_model_folder",
+    "save_safetensors",
     "split_official",
     "to_hf",
     "to_official",

@@ -262,7 +262,8 @@ def infer_arch(source: Source, **arch: Any) -> dict[str, Any]:
         if c not in NUM_HEADS_BY_WIDTH:
             raise CheckpointError(
                 f"embed_dim {c} is not a preset width ({sorted(NUM_HEADS_BY_WIDTH)}); the "
-                "number of attention heads cannot be read off the tensors: pass num_heads=..."
+                "number of attention heads cannot be read off the tensors: pass num_heads=... "
+                "(--num-heads N on the command line)"
             )
         out["num_heads"] = NUM_HEADS_BY_WIDTH[c]
     widths = {w["embed_dim"]: w for w in _WIDTHS.values()}

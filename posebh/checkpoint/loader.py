@@ -19,8 +19,11 @@ from typing import Any
 from torch import Tensor, nn
 
 from posebh.checkpoint.arch import infer_config, is_official_split
+from posebh.checkpoint.hf import from_hf
+from posebh.checkpoint.hub import arch_from_hf_config, is_hf_naming
 from posebh.checkpoint.io import (
     _MAX_LISTED,
+    HF_CONFIG_KEY,
     CheckpointError,
     Source,
     StateDict,
@@ -195,7 +198,8 @@ def load_model(
     loader of every command (``posebh eval``, ``crosstype``, ``visualize``, the reproduce
     harness, ablations and regression).
 
-    ``source``: a ``.pth`` path (read with :func:`read_checkpoint`), or what such a file
+    ``source``: a ``.pth`` or ``.safetensors`` path or a transformers model folder
+    (``config.json`` + weights; read with :func:`read_checkpoint`), or what such a file
     holds: a trainer checkpoint (``latest.pth``, ``step_N.pth``, ``final.pth``: posebh naming
     under ``model``), an mmcv ``{"state_dict": ..., "meta": ...}`` dict (``model.pth``,
     official releases) or a bare state dict in official or posebh naming, with or without a
@@ -233,18 +237,24 @@ def load_model(
     name = "checkpoint"
     if isinstance(source, (str, os.PathLike)):
         name = os.fspath(source)
-        if not name.endswith(".safetensors"):  # read_state_dict says how to read those
-            raw = read_checkpoint(name)
+        raw = read_checkpoint(name)
+    hub = raw.get(HF_CONFIG_KEY) if isinstance(raw, Mapping) else None
     record = recorded_config(raw, name)
     if record is None:
         arch = {**_legacy_arch(raw), **arch}
     if isinstance(raw, Mapping) and isinstance(raw.get("model"), Mapping) and "config" in raw:
         raw = {"state_dict": raw["model"]}  # a trainer checkpoint, with or without its marker
     sd = read_state_dict(raw)
-    if is_posebh_naming(sd):  # a PoseBH.state_dict() saved by this package
+    if is_hf_naming(sd):  # a transformers model folder or file
+        sd = from_hf(sd)
+    elif is_posebh_naming(sd):  # a PoseBH.state_dict() saved by this package
         sd = to_official(sd)
     if record is not None:
         _check_record(record, sd, name, given=arch)
+    if hub is not None:  # config.json: checked against the shapes, then what they cannot tell
+        told = arch_from_hf_config(hub, sd, name, given=arch)
+        if record is None:
+            arch = {**told, **arch}
     if dataset is not None:
         sd = split_official(sd, dataset, keep_prototype_head=True)
     sd = _drop_split_leftovers(sd, split_quirks)
