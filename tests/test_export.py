@@ -1,0 +1,101 @@
+"""posebh export: a tiny random checkpoint exported to ONNX and run in ONNX Runtime against the
+PyTorch model it came from (the multi-dataset model routed through the dataset's expert, not
+the export's own single-dataset cut), at batch sizes other than the export's example."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+onnx = pytest.importorskip("onnx", reason="posebh export needs the export extra: onnx")
+ort = pytest.importorskip("onnxruntime", reason="posebh export needs the export extra: onnxruntime")
+
+from posebh.checkpoint import to_official  # noqa: E402
+from posebh.cli import main  # noqa: E402
+from posebh.models import build_model  # noqa: E402
+
+# A non-preset width (64): the official file carries no record, so --num-heads is needed.
+TINY = dict(
+    embed_dim=64,
+    depth=2,
+    num_heads=4,
+    part_features=16,
+    head_filters=32,
+    proto_channels=16,
+    proto_dim=16,
+    drop_path_rate=0.0,
+)
+AIC = 1  # expert and head index of aic (14 keypoints) in the official dataset order
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory: pytest.TempPathFactory) -> tuple[torch.nn.Module, Path]:
+    torch.manual_seed(0)
+    model = build_model("posebh_vit_small", **TINY).eval()
+    path = tmp_path_factory.mktemp("export") / "tiny_official.pth"
+    torch.save({"state_dict": to_official(model)}, path)
+    return model, path
+
+
+def _reference(model: torch.nn.Module, images: np.ndarray) -> np.ndarray:
+    with torch.no_grad():
+        return model(torch.from_numpy(images), AIC).heatmaps[AIC].numpy()
+
+
+def test_export_matches_pytorch_at_two_batch_sizes(tiny, tmp_path, capsys) -> None:
+    model, ckpt = tiny
+    out = tmp_path / "aic.onnx"
+    argv = ["export", str(ckpt), str(out), "--dataset", "aic", "--num-heads", "4"]
+    assert main(argv) == 0
+    printed = capsys.readouterr().out
+    assert "batch 1" in printed and "batch 3" in printed and "exporter:" in printed
+    props = {p.key: p.value for p in onnx.load(str(out)).metadata_props}
+    assert props["posebh.exporter"].startswith("torch.onnx.export(dynamo=")
+    session = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
+    assert [o.name for o in session.get_outputs()] == ["heatmaps"]
+    rng = np.random.default_rng(7)
+    for batch in (1, 3):
+        images = rng.standard_normal((batch, 3, 256, 192)).astype(np.float32)
+        (got,) = session.run(None, {"images": images})
+        want = _reference(model, images)
+        assert got.shape == want.shape == (batch, 14, 64, 48)
+        assert np.abs(got - want).max() <= 1e-4
+
+
+def test_with_decode_gives_the_argmax_of_the_heatmaps(tiny, tmp_path) -> None:
+    model, ckpt = tiny
+    out = tmp_path / "aic_decode.onnx"
+    argv = ["export", str(ckpt), str(out), "--dataset", "aic", "--num-heads", "4"]
+    assert main([*argv, "--with-decode"]) == 0
+    session = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
+    images = np.random.default_rng(3).standard_normal((3, 3, 256, 192)).astype(np.float32)
+    heatmaps, keypoints, scores = session.run(
+        ["heatmaps", "keypoints", "scores"], {"images": images}
+    )
+    assert np.abs(heatmaps - _reference(model, images)).max() <= 1e-4
+    assert keypoints.shape == (3, 14, 2) and scores.shape == (3, 14)
+    for b in range(3):
+        for k in range(14):
+            row, col = np.unravel_index(np.argmax(heatmaps[b, k]), heatmaps[b, k].shape)
+            assert tuple(keypoints[b, k]) == (col, row)
+            assert scores[b, k] == heatmaps[b, k, row, col]
+
+
+def test_unknown_dataset_is_named(tiny, tmp_path, capsys) -> None:
+    _, ckpt = tiny
+    argv = ["export", str(ckpt), str(tmp_path / "x.onnx"), "--dataset", "horses"]
+    assert main([*argv, "--num-heads", "4"]) == 2
+    err = capsys.readouterr().err
+    assert "--dataset 'horses'" in err and "coco" in err
+    assert not (tmp_path / "x.onnx").exists()
+
+
+def test_non_preset_width_asks_for_num_heads(tiny, tmp_path, capsys) -> None:
+    _, ckpt = tiny
+    assert main(["export", str(ckpt), str(tmp_path / "x.onnx"), "--dataset", "coco"]) == 2
+    err = capsys.readouterr().err
+    assert "--num-heads" in err
+    assert not (tmp_path / "x.onnx").exists()
