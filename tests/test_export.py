@@ -35,6 +35,14 @@ AIC = 1  # expert and head index of aic (14 keypoints) in the official dataset o
 def tiny(tmp_path_factory: pytest.TempPathFactory) -> tuple[torch.nn.Module, Path]:
     torch.manual_seed(0)
     model = build_model("posebh_vit_small", **TINY).eval()
+    # Freshly initialised heads give heatmaps of ~1e-6, under any tolerance; scale each final
+    # 1×1 conv (linear in its weight and bias) so heatmaps have unit spread, as trained ones do.
+    probe = torch.randn(2, 3, 256, 192)
+    with torch.no_grad():
+        for d, head in enumerate(model.heads):
+            spread = model(probe, d).heatmaps[d].std()
+            head.final_layer.weight /= spread
+            head.final_layer.bias /= spread
     path = tmp_path_factory.mktemp("export") / "tiny_official.pth"
     torch.save({"state_dict": to_official(model)}, path)
     return model, path
@@ -62,6 +70,7 @@ def test_export_matches_pytorch_at_two_batch_sizes(tiny, tmp_path, capsys) -> No
         (got,) = session.run(None, {"images": images})
         want = _reference(model, images)
         assert got.shape == want.shape == (batch, 14, 64, 48)
+        assert np.abs(want).max() > 1.0  # the tolerance below is 1e-4 of the signal or less
         assert np.abs(got - want).max() <= 1e-4
 
 
@@ -75,7 +84,9 @@ def test_with_decode_gives_the_argmax_of_the_heatmaps(tiny, tmp_path) -> None:
     heatmaps, keypoints, scores = session.run(
         ["heatmaps", "keypoints", "scores"], {"images": images}
     )
-    assert np.abs(heatmaps - _reference(model, images)).max() <= 1e-4
+    want = _reference(model, images)
+    assert np.abs(want).max() > 1.0
+    assert np.abs(heatmaps - want).max() <= 1e-4
     assert keypoints.shape == (3, 14, 2) and scores.shape == (3, 14)
     for b in range(3):
         for k in range(14):
@@ -99,3 +110,27 @@ def test_non_preset_width_asks_for_num_heads(tiny, tmp_path, capsys) -> None:
     err = capsys.readouterr().err
     assert "--num-heads" in err
     assert not (tmp_path / "x.onnx").exists()
+
+
+def test_fp16_export_runs_in_half_precision(tiny, tmp_path, capsys) -> None:
+    _, ckpt = tiny
+    out = tmp_path / "aic16.onnx"
+    argv = ["export", str(ckpt), str(out), "--dataset", "aic", "--num-heads", "4", "--fp16"]
+    assert main(argv) == 0
+    assert "fp16" in capsys.readouterr().out
+    session = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
+    assert session.get_inputs()[0].type == "tensor(float16)"
+    props = {p.key: p.value for p in onnx.load(str(out)).metadata_props}
+    assert props["posebh.precision"] == "fp16"
+
+
+def test_a_failed_self_check_fails_the_command(tiny, tmp_path, capsys, monkeypatch) -> None:
+    import posebh.export
+
+    # ONNX Runtime and PyTorch differ by ~1e-6 here, so a zero bound must trip the check.
+    monkeypatch.setattr(posebh.export, "FP32_TOLERANCE", 0.0)
+    _, ckpt = tiny
+    argv = ["export", str(ckpt), str(tmp_path / "x.onnx"), "--dataset", "aic", "--num-heads", "4"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "ONNX Runtime heatmaps differ from PyTorch" in err and "at batch 1" in err
