@@ -138,13 +138,14 @@ class ExportReport:
     file_bytes: int = 0
     export_seconds: float = 0.0
     fallback_reason: str | None = None
+    opset: int = 0
 
     def lines(self) -> list[str]:
         out = [
             f"wrote {self.path} ({self.file_bytes / 2**20:.2f} MiB) in {self.export_seconds:.1f} s"
         ]
         out.append(
-            f"exporter: {self.exporter}"
+            f"exporter: {self.exporter}, opset {self.opset}"
             + (f" ({self.fallback_reason})" if self.fallback_reason else "")
         )
         for b, d in self.max_abs_diff.items():
@@ -155,13 +156,20 @@ class ExportReport:
         return out
 
 
+# torch 2.13's dynamo exporter writes opset 18 and up; asked for less, it converts down with
+# onnx's version converter, which fails on this model's nodes whose axes became an input in
+# opset 18 ("No initializer or constant input to node found") and keeps 18.
+DYNAMO_MIN_OPSET = 18
+
+
 def _export_dynamo(
     module: nn.Module, example: Tensor, path: Path, names: list[str], opset: int
 ) -> None:
     batch = torch.export.Dim("batch", min=1, max=1024)
     program = torch.onnx.export(
         module, (example,), None, input_names=["images"], output_names=names,
-        dynamic_shapes=({0: batch},), opset_version=opset, dynamo=True, verbose=False,
+        dynamic_shapes=({0: batch},), opset_version=max(opset, DYNAMO_MIN_OPSET), dynamo=True,
+        verbose=False,
     )  # fmt: skip
     program.save(str(path))
 
@@ -178,7 +186,8 @@ def _export_torchscript(
         )  # fmt: skip
 
 
-def _add_metadata(path: Path, props: dict[str, str]) -> None:
+def _add_metadata(path: Path, props: dict[str, str]) -> int:
+    """Write ``props`` into the file's metadata_props; its default-domain opset."""
     import onnx
 
     proto = onnx.load(str(path))
@@ -186,6 +195,7 @@ def _add_metadata(path: Path, props: dict[str, str]) -> None:
         entry = proto.metadata_props.add()
         entry.key, entry.value = key, value
     onnx.save(proto, str(path))
+    return max(o.version for o in proto.opset_import if o.domain in ("", "ai.onnx"))
 
 
 def _self_check(
@@ -259,7 +269,7 @@ def export_onnx(
         if used == "dynamo"
         else "torch.onnx.export(dynamo=False) (TorchScript)"
     )
-    _add_metadata(path, {
+    written = _add_metadata(path, {
         "posebh.exporter": label,
         "posebh.torch": torch.__version__,
         "posebh.precision": "fp16" if fp16 else "fp32",
@@ -274,7 +284,9 @@ def export_onnx(
     }
     precision = "fp16" if fp16 else "fp32"
     size = path.stat().st_size
-    report = ExportReport(path, label, precision, tolerance, diffs, size, seconds, reason)
+    if written != opset and reason is None:
+        reason = f"--opset {opset} asked; dynamo=True writes ≥ {DYNAMO_MIN_OPSET}"
+    report = ExportReport(path, label, precision, tolerance, diffs, size, seconds, reason, written)
     bad = [b for b, d in diffs.items() if not d <= tolerance[b]]
     if bad:
         raise ValueError(

@@ -53,15 +53,19 @@ def _reference(model: torch.nn.Module, images: np.ndarray) -> np.ndarray:
         return model(torch.from_numpy(images), AIC).heatmaps[AIC].numpy()
 
 
-def test_export_matches_pytorch_at_two_batch_sizes(tiny, tmp_path, capsys) -> None:
+@pytest.mark.parametrize("exporter", ["torchscript", "dynamo"])
+def test_export_matches_pytorch_at_two_batch_sizes(tiny, tmp_path, capsys, exporter) -> None:
+    if exporter == "dynamo":
+        pytest.importorskip("onnxscript", reason="torch.onnx.export(dynamo=True) needs onnxscript")
     model, ckpt = tiny
     out = tmp_path / "aic.onnx"
     argv = ["export", str(ckpt), str(out), "--dataset", "aic", "--num-heads", "4"]
-    assert main(argv) == 0
+    assert main([*argv, "--exporter", exporter]) == 0
     printed = capsys.readouterr().out
     assert "batch 1" in printed and "batch 3" in printed and "exporter:" in printed
     props = {p.key: p.value for p in onnx.load(str(out)).metadata_props}
-    assert props["posebh.exporter"].startswith("torch.onnx.export(dynamo=")
+    dynamo = "True" if exporter == "dynamo" else "False"
+    assert props["posebh.exporter"].startswith(f"torch.onnx.export(dynamo={dynamo})")
     session = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
     assert [o.name for o in session.get_outputs()] == ["heatmaps"]
     rng = np.random.default_rng(7)
