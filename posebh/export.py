@@ -98,12 +98,17 @@ def load_for_export(
     except KeyError as err:
         raise ValueError(f"--dataset {dataset!r}: {err.args[0]}") from None
     arch = {} if num_heads is None else {"num_heads": num_heads}
-    state = read_checkpoint(checkpoint)
     try:
-        if _has_experts(state):
-            model = load_model(state, dataset=dataset, **arch)
-        else:
-            model = load_model(state, **arch)
+        if Path(checkpoint).is_file() and Path(checkpoint).suffix != ".safetensors":
+            state = read_checkpoint(checkpoint)
+            model = load_model(state, dataset=dataset if _has_experts(state) else None, **arch)
+        else:  # whatever else load_model reads (.safetensors, a model folder), as it reads it
+            try:
+                model = load_model(checkpoint, dataset=dataset, **arch)
+            except CheckpointError as err:
+                if "cannot split" not in str(err):
+                    raise
+                model = load_model(checkpoint, **arch)  # already a single-dataset model
     except CheckpointError as err:
         if "num_heads" in str(err) and num_heads is None:
             raise CheckpointError(

@@ -138,3 +138,20 @@ def test_a_failed_self_check_fails_the_command(tiny, tmp_path, capsys, monkeypat
     assert main(argv) == 2
     err = capsys.readouterr().err
     assert "ONNX Runtime heatmaps differ from PyTorch" in err and "at batch 1" in err
+
+
+def test_a_split_checkpoint_exports_and_its_keypoint_count_is_checked(tiny, tmp_path, capsys):
+    from posebh.checkpoint import read_checkpoint, split_official
+
+    model, ckpt = tiny
+    split = tmp_path / "aic_only.pth"
+    torch.save({"state_dict": split_official(read_checkpoint(ckpt)["state_dict"], "aic")}, split)
+    out = tmp_path / "aic_only.onnx"
+    assert main(["export", str(split), str(out), "--dataset", "aic", "--num-heads", "4"]) == 0
+    images = np.random.default_rng(5).standard_normal((3, 3, 256, 192)).astype(np.float32)
+    session = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
+    (got,) = session.run(None, {"images": images})
+    assert np.abs(got - _reference(model, images)).max() <= 1e-4
+    argv = ["export", str(split), str(tmp_path / "x.onnx"), "--dataset", "coco"]
+    assert main([*argv, "--num-heads", "4"]) == 2
+    assert "14 keypoints, --dataset 'coco' has 17" in capsys.readouterr().err
