@@ -693,6 +693,7 @@ def build_parser(progs: Mapping[str, str] | None = None) -> argparse.ArgumentPar
     reproduce.add_parser(sub, progs or {})
     regression.add_parser(sub)
     compare.add_parser(sub)
+    __import__("posebh.commands.export").commands.export.add_parser(sub)  # posebh export
     return parser
 
 

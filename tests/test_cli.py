@@ -106,6 +106,9 @@ def _subcommands(parser) -> dict:
     return action.choices
 
 
+COMMANDS += ("export",)  # posebh.commands.export (issue 18)
+
+
 def test_one_parser_builds_every_command() -> None:
     from posebh.cli import build_parser
 
