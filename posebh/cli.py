@@ -21,6 +21,7 @@ import torch
 from posebh.checkpoint import save_atomically
 from posebh.commands import compare, regression, reproduce, train
 from posebh.commands.bootstrap_flags import add_bootstrap_arguments
+from posebh.commands.infer import add_parser as add_infer_parser
 from posebh.keyvalue import parse_pairs
 
 EXAMPLES = """\
@@ -642,6 +643,7 @@ def build_parser(progs: Mapping[str, str] | None = None) -> argparse.ArgumentPar
     reproduce.add_parser(sub, progs or {})
     regression.add_parser(sub)
     compare.add_parser(sub)
+    add_infer_parser(sub)
     return parser
 
 

@@ -98,7 +98,7 @@ def test_console_script_help() -> None:
 
 REPO = Path(__file__).resolve().parents[1]
 COMMANDS = ("info", "convert", "eval", "train", "synth", "crosstype", "bench", "visualize",
-            "reproduce", "regression", "compare")  # fmt: skip
+            "reproduce", "regression", "compare", "infer")  # fmt: skip
 
 
 def _subcommands(parser) -> dict:
