@@ -127,6 +127,18 @@ def test_unmatched_box_image_is_a_clear_error(
     assert "gt_dets.json: detection [1] field 'image_id' = 40083" in err
     assert "matches none of the 1 input images" in err and "--images-json" in err
     assert not (tmp_path / "keypoints.json").exists()
+    # With --images-json the other listed images' boxes are skipped, not an error; an id the
+    # list lacks still is one.
+    index = coco / "test_coco.json"
+    got = _infer(one, checkpoint, tmp_path / "one", "--boxes", str(gt_boxes),
+                 "--images-json", str(index))  # fmt: skip
+    assert [r["image_id"] for r in got] == [785]
+    stray = tmp_path / "stray.json"
+    stray.write_text(json.dumps([{"image_id": 5, "category_id": 1, "bbox": [0, 0, 9, 9],
+                                  "score": 1.0}]))  # fmt: skip
+    argv = [*argv[:-4], "--boxes", str(stray), "--images-json", str(index), "--out", str(tmp_path)]
+    assert main(argv) == 2
+    assert "stray.json: detection [0] field 'image_id' = 5 matches none" in capsys.readouterr().err
 
 
 def test_whole_image_boxes_on_folder_glob_grey_and_16_bit_png(
@@ -160,3 +172,17 @@ def test_whole_image_boxes_on_folder_glob_grey_and_16_bit_png(
     # Not compared with the folder run's values: other batches (2 boxes, not 3) may change
     # the last bits of the matmuls, and a random model's flat heatmaps can then move an argmax.
     assert all(np.isfinite(r["keypoints"]).all() for r in pngs)
+
+
+def test_exif_rotated_jpeg_gets_the_rotated_whole_image_box(
+    checkpoint: Path, tmp_path: Path
+) -> None:
+    """An EXIF orientation 6 (90° rotation) JPEG stored 80 wide × 40 high is read upright,
+    40 × 80, as the evaluation reads it: the whole-image box is the upright image's."""
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    pixels = np.random.default_rng(1).integers(0, 256, (40, 80, 3), dtype=np.uint8)
+    Image.fromarray(pixels).save(tmp_path / "rotated.jpg", exif=exif)
+    (rec,) = _infer(tmp_path / "rotated.jpg", checkpoint, tmp_path / "out")
+    assert rec["bbox"] == [0.0, 0.0, 40.0, 80.0] and rec["image_id"] == "rotated"
+    assert np.isfinite(rec["keypoints"]).all()

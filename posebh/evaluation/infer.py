@@ -20,8 +20,9 @@ Matching a detection's ``image_id`` to an input image (in this order):
 2. else the file stem: an image whose stem is the id (``000000000785.jpg`` is id 785, as
    COCO names its files; a string id must equal the stem).
 
-A detection whose image is not among the inputs is an error (file, record, id and the fix);
-an input image without a box gets no keypoints.
+A detection whose image id cannot be matched is an error (file, record, id and the fix); with
+``images_json``, the boxes of images it lists that are not among the inputs are skipped (one
+image with the whole val2017 detection file). An input image without a box gets no keypoints.
 """
 
 from __future__ import annotations
@@ -97,8 +98,9 @@ def _image_id_of(path: Path) -> int | str:
 
 def _id_to_image(
     images: Sequence[Path], root: Path | None, images_json: str | os.PathLike[str] | None
-) -> tuple[dict[Any, Path], str]:
-    """image id → input image, and the rule that made the mapping (for error messages)."""
+) -> tuple[dict[Any, Path | None], str]:
+    """image id → input image (None: an image ``images_json`` lists that is not an input),
+    and the rule that made the mapping (for error messages)."""
     if images_json is None:
         return {_image_id_of(p): p for p in images}, "image_id = the file stem (COCO naming)"
     data = load_json(images_json, "COCO image list")
@@ -112,7 +114,7 @@ def _id_to_image(
     by_name: dict[str, Path] = {}
     for p in images:
         by_name.setdefault(p.name, p)
-    mapping: dict[Any, Path] = {}
+    mapping: dict[Any, Path | None] = {}
     for i, rec in enumerate(records):
         if not isinstance(rec, dict) or "id" not in rec or "file_name" not in rec:
             raise DatasetError(
@@ -120,9 +122,7 @@ def _id_to_image(
                 "list."
             )
         name = str(rec["file_name"])
-        hit = by_relative.get(name) or by_name.get(Path(name).name)
-        if hit is not None:
-            mapping[rec["id"]] = hit
+        mapping[rec["id"]] = by_relative.get(name) or by_name.get(Path(name).name)
     return mapping, f"image_id → file_name through {images_json}"
 
 
@@ -194,14 +194,17 @@ def infer_instances(
                 f"{where} field 'bbox' = {[x, y, w, h]} has a negative size or is 0×0. "
                 "Fix: drop such boxes (or raise --det-bbox-thr above their score)."
             )
-        image = mapping.get(image_id)
-        if image is None:
+        if image_id not in mapping:
             raise DatasetError(
                 f"{where} field 'image_id' = {image_id!r} matches none of the "
                 f"{len(images)} input images (rule: {rule}). Fix: pass the images the "
                 "detections were made on, pass --images-json with the COCO file that maps "
-                "their ids to file names, or drop that image's boxes from the file."
+                "their ids to file names (boxes of listed images that are not inputs are "
+                "then skipped), or drop that image's boxes from the file."
             )
+        image = mapping[image_id]
+        if image is None:
+            continue  # an image of --images-json the user did not pass
         out.append(_instance(dataset, image, image_id, (x, y, w, h), score, padding, i))
     return out
 
