@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 
 from posebh.checkpoint import save_atomically
-from posebh.commands import compare, regression, reproduce, train
+from posebh.commands import compare, export, infer, regression, reproduce, train
 from posebh.commands.bootstrap_flags import add_bootstrap_arguments
 from posebh.keyvalue import parse_pairs
 
@@ -693,7 +693,8 @@ def build_parser(progs: Mapping[str, str] | None = None) -> argparse.ArgumentPar
     reproduce.add_parser(sub, progs or {})
     regression.add_parser(sub)
     compare.add_parser(sub)
-    __import__("posebh.commands.export").commands.export.add_parser(sub)  # posebh export
+    export.add_parser(sub)
+    infer.add_parser(sub)
     return parser
 
 

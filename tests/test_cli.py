@@ -98,15 +98,12 @@ def test_console_script_help() -> None:
 
 REPO = Path(__file__).resolve().parents[1]
 COMMANDS = ("info", "convert", "eval", "train", "synth", "crosstype", "bench", "visualize",
-            "reproduce", "regression", "compare")  # fmt: skip
+            "reproduce", "regression", "compare", "infer", "export")  # fmt: skip
 
 
 def _subcommands(parser) -> dict:
     (action,) = [a for a in parser._actions if a.__class__.__name__ == "_SubParsersAction"]
     return action.choices
-
-
-COMMANDS += ("export",)  # posebh.commands.export (issue 18)
 
 
 def test_one_parser_builds_every_command() -> None:
