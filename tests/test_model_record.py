@@ -165,8 +165,9 @@ def test_dataset_split_of_a_recorded_file_keeps_what_the_shapes_cannot_tell() ->
 def test_missing_file_names_it(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError, match=r"nope\.pth: no such file"):
         load_model(tmp_path / "nope.pth")
-    with pytest.raises(FileNotFoundError, match="no such file"):
-        read_checkpoint(tmp_path)  # a folder is no checkpoint file
+    # A folder is read as a transformers model folder (issue 18): without weights it says so.
+    with pytest.raises(CheckpointError, match="a folder without weights"):
+        read_checkpoint(tmp_path)
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
