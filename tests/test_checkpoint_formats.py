@@ -41,9 +41,13 @@ def assert_same_state(a: dict, b: dict) -> None:
         assert torch.equal(a[k], b[k]), k
 
 
-def random_model(num_experts: int, seed: int = 0, proto_head: bool = False) -> PoseBH:
-    """A small random ViTPose with the transformers classic decoder (256 filters)."""
+def random_model(
+    num_experts: int, seed: int = 0, proto_head: bool = False, decoder: str = "classic"
+) -> PoseBH:
+    """A small random ViTPose with the transformers classic decoder (256 filters), or the
+    simple decoder (ViTPose-*-simple)."""
     config = PoseBHConfig(
+        decoder=decoder,
         img_size=(64, 48),
         embed_dim=64,
         depth=2,
@@ -216,15 +220,33 @@ def import_transformers() -> ModuleType:
     return transformers
 
 
-@pytest.mark.parametrize("num_experts", [0, 2])
+def test_simple_decoder_folder_round_trip(tmp_path: Path) -> None:
+    """A ViTPose-simple model written as a model folder comes back as a simple-decoder model
+    with bit-identical tensors and heatmaps (config.json says use_simple_decoder)."""
+    model = random_model(0, decoder="simple")
+    src = tmp_path / "s.pth"
+    torch.save({"state_dict": to_official(model)}, src)
+    folder = tmp_path / "hf"
+    assert main(["convert", str(src), str(folder), "--to", "hf", "--num-heads", "4"]) == 0
+    assert json.loads((folder / "config.json").read_text())["use_simple_decoder"] is True
+    back = load_model(folder)
+    assert back.config.decoder == "simple"
+    assert_same_state(to_official(back), to_official(model))
+    images = torch.randn(2, 3, 64, 48)
+    assert torch.equal(heatmaps(back, images), heatmaps(model, images))
+
+
+@pytest.mark.parametrize(("num_experts", "decoder"), [(0, "classic"), (2, "classic"),
+                                                      (0, "simple")])  # fmt: skip
 def test_transformers_loads_the_folder_strictly(
-    num_experts: int, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    num_experts: int, decoder: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """transformers' own loader is the reference: no missing / unexpected keys, and its
-    heatmaps equal posebh's within 1e-5 (a tiny random model, with and without experts)."""
+    heatmaps equal posebh's within 1e-5 (a tiny random model, with and without experts,
+    classic and simple decoder)."""
     transformers = import_transformers()
     monkeypatch.setenv("USE_HUB_KERNELS", "0")  # no Hub kernel downloads (and see above)
-    model = random_model(num_experts)
+    model = random_model(num_experts, decoder=decoder)
     src = tmp_path / "m.pth"
     torch.save({"state_dict": to_official(model)}, src)
     folder = tmp_path / "hf"
@@ -241,5 +263,6 @@ def test_transformers_loads_the_folder_strictly(
     with torch.no_grad():
         theirs = hf(pixel_values=images, **index).heatmaps
     delta = (theirs - ours).abs().max().item()
-    print(f"max |heatmap diff| posebh vs transformers, {num_experts} experts: {delta:.2e}")
+    print(f"max |heatmap diff| posebh vs transformers, {num_experts} experts, {decoder}: "
+          f"{delta:.2e}")  # fmt: skip
     torch.testing.assert_close(theirs, ours, atol=1e-5, rtol=0)
